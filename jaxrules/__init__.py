@@ -1,0 +1,38 @@
+"""jaxrules: neural-network primitives for JAX with hand-written, tested reverse-mode rules.
+
+Every public function is a ``jax.custom_vjp`` whose pullback follows the seeds' notation
+``B(f, (x,), (ȳ,)) = ((f(x),), (x̄,))``; names and signatures follow ``jax.nn`` and ``optax.losses``.
+"""
+
+from jaxrules.activations import celu as celu
+from jaxrules.activations import elu as elu
+from jaxrules.activations import gelu as gelu
+from jaxrules.activations import hard_sigmoid as hard_sigmoid
+from jaxrules.activations import hard_silu as hard_silu
+from jaxrules.activations import hard_swish as hard_swish
+from jaxrules.activations import hard_tanh as hard_tanh
+from jaxrules.activations import leaky_relu as leaky_relu
+from jaxrules.activations import log_sigmoid as log_sigmoid
+from jaxrules.activations import mish as mish
+from jaxrules.activations import relu as relu
+from jaxrules.activations import relu6 as relu6
+from jaxrules.activations import rrelu as rrelu
+from jaxrules.activations import selu as selu
+from jaxrules.activations import sigmoid as sigmoid
+from jaxrules.activations import silu as silu
+from jaxrules.activations import soft_sign as soft_sign
+from jaxrules.activations import softplus as softplus
+from jaxrules.activations import sparse_plus as sparse_plus
+from jaxrules.activations import sparse_sigmoid as sparse_sigmoid
+from jaxrules.activations import squareplus as squareplus
+from jaxrules.activations import swish as swish
+from jaxrules.activations import tanh as tanh
+from jaxrules.arithmetic import add as add
+from jaxrules.arithmetic import divide as divide
+from jaxrules.arithmetic import multiply as multiply
+from jaxrules.arithmetic import subtract as subtract
+from jaxrules.pullback import B as B
+from jaxrules.pullback import pullback as pullback
+from jaxrules._broadcast import unbroadcast as unbroadcast
+
+__version__ = "0.1.0"

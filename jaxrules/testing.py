@@ -1,0 +1,263 @@
+"""check_rule: prove a reverse-mode rule right against an independent reference.
+
+The JAX counterpart of ChainRulesTestUtils' ``test_rrule``. For ``f`` (the rule under test) and
+``reference`` (the same function written with ``jax.nn``/``jnp``/``optax`` and differentiated by JAX)
+it checks, on the given arguments:
+
+1. ``primal``: ``f(*args)`` equals ``reference(*args)`` in value, shape and dtype;
+2. ``vjp``: the input cotangents for a random output cotangent equal ``jax.vjp(reference)``'s, and
+   each has its primal's shape and dtype;
+3. ``finite differences``: in float64, the VJP agrees with central differences
+   (``jax.test_util.check_grads``, reverse mode);
+4. ``jit``: 1 and 2 again under ``jax.jit``;
+5. ``vmap``: 1 and 2 again under ``jax.vmap`` over a batch of three (elements permuted, so the
+   batch members differ but stay in the sampler's domain);
+6. ``grad of grad``: reverse over reverse, the gradient of ⟨w, vjp(ȳ)⟩ equals the reference's.
+
+A failure raises ``AssertionError`` naming the rule, the check, the argument and the largest error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+
+__all__ = ["check_rule", "default_tolerance", "residual_bytes"]
+
+_TOLERANCE = {
+    np.dtype(np.float64): (1e-7, 1e-10),
+    np.dtype(np.float32): (2e-5, 2e-6),
+    # half precision: an absolute term of a few ulps of 1, since slopes are sums of O(1) terms
+    np.dtype(jnp.float16): (1e-2, 1e-2),
+    np.dtype(jnp.bfloat16): (5e-2, 5e-2),
+}
+
+
+def default_tolerance(dtype: Any) -> tuple[float, float]:
+    """(rtol, atol) used by :func:`check_rule` for a dtype."""
+    return _TOLERANCE.get(np.dtype(dtype), (2e-5, 2e-6))
+
+
+def _is_float(x: Any) -> bool:
+    return x is not None and not isinstance(x, (bool, str)) and hasattr(jnp.result_type(x), "kind") \
+        and jnp.issubdtype(jnp.result_type(x), jnp.floating) and not _is_key(x)
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _name(f: Callable) -> str:
+    inner = getattr(f, "func", f)  # functools.partial
+    return getattr(inner, "__name__", type(inner).__name__)
+
+
+class _Checker:
+    def __init__(self, name: str, rtol: float, atol: float):
+        self.name, self.rtol, self.atol = name, rtol, atol
+
+    def fail(self, check: str, what: str, detail: str) -> None:
+        raise AssertionError(f"{self.name}: {check}: {what}: {detail}")
+
+    def close(self, check: str, what: str, ours: Any, ref: Any, *, dtype: bool = True,
+              rtol: float | None = None, atol: float | None = None) -> None:
+        rtol = self.rtol if rtol is None else rtol
+        atol = self.atol if atol is None else atol
+        lo, lr = jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)
+        so, sr = jax.tree_util.tree_structure(ours), jax.tree_util.tree_structure(ref)
+        if so != sr:
+            self.fail(check, what, f"structure {so} differs from the reference's {sr}")
+        for k, (a, b) in enumerate(zip(lo, lr)):
+            where = what if len(lo) == 1 else f"{what}[{k}]"
+            if jnp.shape(a) != jnp.shape(b):
+                self.fail(check, where, f"shape {jnp.shape(a)} differs from the reference's {jnp.shape(b)}")
+            if dtype and jnp.result_type(a) != jnp.result_type(b):
+                self.fail(check, where, f"dtype {jnp.result_type(a)} differs from the reference's {jnp.result_type(b)}")
+            a64 = np.asarray(np.asarray(a).astype(np.float64))
+            b64 = np.asarray(np.asarray(b).astype(np.float64))
+            if a64.size == 0:
+                continue
+            nan_mismatch = np.isnan(a64) != np.isnan(b64)
+            with np.errstate(invalid="ignore"):
+                err = np.where(np.isnan(a64) & np.isnan(b64), 0.0, np.abs(a64 - b64))
+                err = np.where(a64 == b64, 0.0, err)  # equal infinities
+            bad = nan_mismatch | ~(err <= atol + rtol * np.abs(b64))
+            if bad.any():
+                i = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1)), a64.shape)
+                rel = err[i] / max(abs(b64[i]), np.finfo(np.float64).tiny)
+                self.fail(check, where,
+                          f"largest error {err[i]:.3g} (relative {rel:.3g}) at index {tuple(int(j) for j in i)}: "
+                          f"got {a64[i]!r}, reference {b64[i]!r}; rtol={rtol:g}, atol={atol:g}, "
+                          f"{int(bad.sum())} of {bad.size} elements off")
+
+    def cotangent_types(self, check: str, cts: Sequence[Any], args: Sequence[Any], argnums: Sequence[int]) -> None:
+        for ct, i in zip(cts, argnums):
+            want_shape, want_dtype = jnp.shape(args[i]), jnp.result_type(args[i])
+            if jnp.shape(ct) != want_shape or jnp.result_type(ct) != want_dtype:
+                self.fail(check, f"cotangent of argument {i}",
+                          f"has shape {jnp.shape(ct)} and dtype {jnp.result_type(ct)}, but the argument has "
+                          f"shape {want_shape} and dtype {want_dtype}")
+
+
+def _random_like(key: jax.Array, tree: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return treedef.unflatten([
+        jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)
+    ])
+
+
+def _vjp_fn(fn: Callable, argnums: Sequence[int]) -> Callable:
+    """(ȳ, *args) -> cotangents of the arguments in argnums, as a tuple."""
+    def run(ybar, *args):
+        def sub(*diff):
+            full = list(args)
+            for i, v in zip(argnums, diff):
+                full[i] = v
+            return fn(*full)
+        _, back = jax.vjp(sub, *(args[i] for i in argnums))
+        return tuple(back(ybar))
+    return run
+
+
+def _batch(key: jax.Array, args: Sequence[Any], size: int) -> tuple[list[Any], list[int | None]]:
+    """A batch of `size` argument sets: float arrays with their elements permuted, the rest repeated."""
+    out, axes = [], []
+    for a in args:
+        if a is None or isinstance(a, (bool, int, float)):
+            out.append(a)
+            axes.append(None)
+            continue
+        a = jnp.asarray(a) if not _is_key(a) else a
+        if _is_float(a) and a.size > 1:
+            key, sub = jax.random.split(key)
+            flat = a.reshape(-1)
+            members = [a] + [flat[jax.random.permutation(k, flat.size)].reshape(a.shape)
+                             for k in jax.random.split(sub, size - 1)]
+            out.append(jnp.stack(members))
+        else:
+            out.append(jnp.stack([a] * size))
+        axes.append(0)
+    return out, axes
+
+
+def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[int] | None = None,
+               rtol: float | None = None, atol: float | None = None, name: str | None = None,
+               fd: bool = True, fd_eps: float | None = None, fd_tol: float | None = None,
+               jit: bool = True, vmap: bool = True, grad_grad: bool = True, eager: bool = True,
+               seed: int = 0) -> None:
+    """Check the rule ``f`` against ``reference`` on ``args``; raise AssertionError on any mismatch.
+
+    Args:
+      f: the function with the rule under test (any JAX-differentiable callable).
+      reference: an independent implementation, differentiated by JAX.
+      *args: arrays (or None / numbers) passed positionally to both. Bind static settings with
+        ``functools.partial`` rather than passing them here.
+      argnums: which arguments to differentiate; by default every floating-point array.
+      rtol, atol: tolerances for values and cotangents; by default from the dtype of the first
+        differentiated argument (see :func:`default_tolerance`).
+      name: the rule's name in failure messages (default: ``f.__name__``).
+      fd, jit, vmap, grad_grad: switch the individual checks off (all on by default).
+      eager: run checks 1 and 2 op by op (the default) or, if False, under ``jax.jit`` only, which
+        compiles once per function instead of once per operation (faster for many small shapes).
+      fd_eps, fd_tol: step and tolerance of the float64 finite differences (``check_grads``'s defaults).
+      seed: seeds the random cotangents and permutations.
+
+    Returns None; raises AssertionError naming the rule, the check, the argument and the largest error.
+    """
+    name = name or _name(f)
+    if argnums is None:
+        argnums = tuple(i for i, a in enumerate(args) if _is_float(a))
+    argnums = tuple(argnums)
+    ref_dtype = jnp.result_type(args[argnums[0]]) if argnums else jnp.float32
+    d_rtol, d_atol = default_tolerance(ref_dtype)
+    c = _Checker(name, d_rtol if rtol is None else rtol, d_atol if atol is None else atol)
+    key = jax.random.key(seed)
+    k_bar, k_w, k_batch, k_bbar = jax.random.split(key, 4)
+
+    run = (lambda fn: fn) if eager else jax.jit
+
+    # 1. primal
+    y, y_ref = run(f)(*args), run(reference)(*args)
+    c.close("primal", "output", y, y_ref)
+    if not argnums:
+        return
+
+    # 2. vjp against the reference, with shapes and dtypes of the cotangents
+    ybar = _random_like(k_bar, y_ref)
+    ours_vjp, ref_vjp = _vjp_fn(f, argnums), _vjp_fn(reference, argnums)
+    cts, cts_ref = run(ours_vjp)(ybar, *args), run(ref_vjp)(ybar, *args)
+    c.cotangent_types("vjp", cts, args, argnums)
+    for ct, ct_ref, i in zip(cts, cts_ref, argnums):
+        c.close("vjp", f"cotangent of argument {i}", ct, ct_ref)
+
+    # 3. finite differences in float64
+    if fd:
+        with jax.enable_x64(True):
+            args64 = [jnp.asarray(a, jnp.float64) if _is_float(a) else a for a in args]
+            for i in argnums:
+                if jnp.size(args64[i]) == 0:
+                    continue
+
+                def at(v, i=i):
+                    full = list(args64)
+                    full[i] = v
+                    return f(*full)
+                try:  # under jit: one compilation rather than one per operation and shape
+                    jax.test_util.check_grads(jax.jit(at), (args64[i],), order=1, modes=("rev",),
+                                              eps=fd_eps, atol=fd_tol, rtol=fd_tol)
+                except AssertionError as e:
+                    c.fail("finite differences (float64)", f"argument {i}", str(e).strip().replace("\n", " "))
+
+    # 4. jit
+    if jit:
+        c.close("jit", "output", jax.jit(f)(*args), y_ref)
+        cts_jit = jax.jit(ours_vjp)(ybar, *args)
+        c.cotangent_types("jit", cts_jit, args, argnums)
+        for ct, ct_ref, i in zip(cts_jit, cts_ref, argnums):
+            c.close("jit", f"cotangent of argument {i}", ct, ct_ref)
+
+    # 5. vmap over a batch of three
+    if vmap:
+        bargs, axes = _batch(k_batch, args, 3)
+        # under jit: one compilation instead of one per batched operation
+        c.close("vmap", "output", jax.jit(jax.vmap(f, in_axes=axes))(*bargs),
+                jax.jit(jax.vmap(reference, in_axes=axes))(*bargs))
+        bbar = _random_like(k_bbar, jax.tree_util.tree_map(lambda t: jnp.stack([t] * 3), y_ref))
+        vb = jax.jit(jax.vmap(ours_vjp, in_axes=(0, *axes)))(bbar, *bargs)
+        vb_ref = jax.jit(jax.vmap(ref_vjp, in_axes=(0, *axes)))(bbar, *bargs)
+        for ct, ct_ref, i in zip(vb, vb_ref, argnums):
+            c.close("vmap", f"cotangent of argument {i}", ct, ct_ref)
+
+    # 6. reverse over reverse
+    if grad_grad:
+        w = _random_like(k_w, cts_ref)
+
+        def second(run):
+            def h(*diff):
+                full = list(args)
+                for i, v in zip(argnums, diff):
+                    full[i] = v
+                return sum(jnp.vdot(wi, ci).real for wi, ci in zip(w, run(ybar, *full)))
+            return jax.jit(jax.grad(h, argnums=tuple(range(len(argnums)))))(*(args[i] for i in argnums))
+        gg, gg_ref = second(ours_vjp), second(ref_vjp)
+        for g1, g2, i in zip(gg, gg_ref, argnums):
+            c.close("grad of grad", f"argument {i}", g1, g2)
+
+
+def residual_bytes(f: Callable, *args: Any) -> int:
+    """Bytes the backward of ``f`` keeps alive: every distinct buffer held by ``jax.vjp``'s pullback.
+
+    Inputs count when they are kept. Buffers are told apart by address, so a residual that is the
+    input itself (or the output) is counted once.
+    """
+    _, back = jax.vjp(f, *args)
+    seen: dict[int, int] = {}
+    for leaf in jax.tree_util.tree_leaves(back):
+        if isinstance(leaf, jax.Array):
+            seen[leaf.unsafe_buffer_pointer()] = leaf.nbytes
+    return sum(seen.values())

@@ -1,0 +1,91 @@
+"""Every catalog rule through check_rule, in float64 and float32, on every case of its row."""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrules as jr
+from jaxrules import activations, arithmetic, catalog
+from jaxrules.testing import check_rule
+
+RULES = catalog.RULES
+MODULES = [activations, arithmetic]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("rule", RULES, ids=[r.id for r in RULES])
+def test_rule(rule, dtype):
+    rtol, atol = rule.tolerance(dtype)
+    # Every check on the row's main case; on the other cases (scalars, empty and broadcast shapes)
+    # the values, cotangent shapes/dtypes and finite differences, which is where shapes go wrong.
+    # Finite differences run in float64 whatever the dtype, so once (in the float64 run) suffices.
+    # float32 checks precision, not structure: its main case and the next one suffice
+    cases = rule.cases if dtype == jnp.float64 else rule.cases[:2]
+    for k, case in enumerate(cases):
+        args = rule.sample(jax.random.key(k), case, dtype)
+        main = k == 0
+        checks = dict(fd=dtype == jnp.float64, jit=main, vmap=main, grad_grad=main, eager=main) | rule.checks
+        check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} on {case}", rtol=rtol, atol=atol, **checks)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("rule", RULES, ids=[r.id for r in RULES])
+def test_low_precision_keeps_dtype(rule, dtype):
+    """Outputs and cotangents keep bfloat16 / float16 and agree with the reference at that precision."""
+    rtol, atol = rule.tolerance(dtype)
+    args = rule.sample(jax.random.key(0), rule.cases[0], dtype)
+    check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} in {jnp.dtype(dtype).name}", rtol=rtol,
+               atol=atol, fd=False, jit=False, vmap=False, grad_grad=False)
+
+
+def _public_rules():
+    for module in MODULES:
+        for name in module.__all__:
+            yield name, getattr(module, name)
+
+
+def test_every_public_rule_is_in_the_catalog():
+    in_catalog = {r.name for r in RULES}
+    for name, fn in _public_rules():
+        assert getattr(jr, name) is fn, f"jr.{name} is not re-exported from {fn.__module__}"
+        aliases = [n for n in in_catalog if getattr(jr, n) is fn]
+        assert name in in_catalog or aliases, f"jr.{name} is public but has no catalog row"
+
+
+@pytest.mark.parametrize("name,fn", list(_public_rules()), ids=[n for n, _ in _public_rules()])
+def test_every_public_rule_is_a_custom_vjp(name, fn):
+    rule = next(r for r in RULES if getattr(jr, r.name) is fn)
+    args = rule.sample(jax.random.key(0), rule.cases[0], jnp.float32)
+    jaxpr = jax.make_jaxpr(rule.fn)(*args)
+    assert "custom_vjp_call" in str(jaxpr), f"jr.{name} does not go through jax.custom_vjp"
+
+
+_WITH_JAX_NN = [(n, f) for n, f in _public_rules() if hasattr(jax.nn, n)]
+
+
+@pytest.mark.parametrize("name,fn", _WITH_JAX_NN, ids=[n for n, _ in _WITH_JAX_NN])
+def test_signature_matches_jax_nn(name, fn):
+    """Drop-in: every parameter of jax.nn's function exists here, in order, with the same default."""
+    ref = getattr(jax.nn, name)
+    ours = list(inspect.signature(fn).parameters.values())
+    theirs = list(inspect.signature(ref).parameters.values())
+    assert len(ours) >= len(theirs)
+    for o, t in zip(ours, theirs):
+        assert o.name == t.name, (name, o.name, t.name)
+        assert o.default == t.default, (name, o, t)
+
+
+def test_readme_table_is_generated_from_the_catalog():
+    import pathlib
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert catalog.readme_section() in readme, "README's rule table is stale: run python -m jaxrules.catalog --write README.md"
+
+
+def test_catalog_samplers_keep_away_from_kinks():
+    """Rows that declare kinks really sample at least the gap away from them."""
+    x = catalog.away_from(0.0, 6.0, low=-1, high=7)(jax.random.key(0), (10_000,), jnp.float64)[0]
+    assert np.min(np.abs(np.asarray(x))) >= 0.1 - 1e-12
+    assert np.min(np.abs(np.asarray(x) - 6)) >= 0.1 - 1e-12

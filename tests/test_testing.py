@@ -1,0 +1,73 @@
+"""check_rule must catch wrong rules: planted bugs in the backward, the cotangent's shape or dtype."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxrules as jr
+from jaxrules.testing import check_rule
+
+X = jnp.linspace(-2.0, 2.0, 12).reshape(3, 4)
+
+
+def _rule(bwd):
+    @jax.custom_vjp
+    def broken_sigmoid(x):
+        return jax.nn.sigmoid(x)
+
+    def fwd(x):
+        y = jax.nn.sigmoid(x)
+        return y, y
+    broken_sigmoid.defvjp(fwd, bwd)
+    return broken_sigmoid
+
+
+def test_correct_rule_passes():
+    check_rule(jr.sigmoid, jax.nn.sigmoid, X)
+    check_rule(_rule(lambda y, g: (g * y * (1 - y),)), jax.nn.sigmoid, X)
+
+
+def test_planted_wrong_backward_fails_naming_rule_check_and_error():
+    with pytest.raises(AssertionError, match=r"broken_sigmoid: vjp: cotangent of argument 0: largest error"):
+        check_rule(_rule(lambda y, g: (g * y,)), jax.nn.sigmoid, X)
+
+
+def test_wrong_backward_fails_finite_differences_without_a_reference_backward():
+    # the reference's own pullback is wrong too; finite differences still catch the rule
+    wrong = _rule(lambda y, g: (g * y,))
+    with pytest.raises(AssertionError, match=r"finite differences \(float64\): argument 0"):
+        check_rule(wrong, wrong, X, jit=False, vmap=False, grad_grad=False)
+
+
+def test_wrong_cotangent_dtype_fails():
+    with pytest.raises(Exception, match=r"dtype|float"):
+        check_rule(_rule(lambda y, g: ((g * y * (1 - y)).astype(jnp.float16),)), jax.nn.sigmoid,
+                   X.astype(jnp.float32))
+
+
+def test_wrong_primal_fails():
+    with pytest.raises(AssertionError, match=r"primal: output"):
+        check_rule(jr.tanh, jax.nn.sigmoid, X)
+
+
+def test_wrong_second_derivative_fails_grad_of_grad():
+    # the backward is right in value but hides its dependence on x (stop_gradient)
+    @jax.custom_vjp
+    def sq(x):
+        return x * x
+
+    def fwd(x):
+        return sq(x), x
+
+    def bwd(x, g):
+        return (2 * jax.lax.stop_gradient(x) * g,)
+    sq.defvjp(fwd, bwd)
+    with pytest.raises(AssertionError, match=r"grad of grad: argument 0"):
+        check_rule(sq, lambda x: x * x, X)
+
+
+def test_settings_via_partial_and_python_scalars():
+    check_rule(partial(jr.leaky_relu, negative_slope=0.2), partial(jax.nn.leaky_relu, negative_slope=0.2), X + 0.05)
+    check_rule(jr.multiply, jnp.multiply, X, 3.0)
