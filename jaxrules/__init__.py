@@ -31,6 +31,24 @@ from jaxrules.arithmetic import add as add
 from jaxrules.arithmetic import divide as divide
 from jaxrules.arithmetic import multiply as multiply
 from jaxrules.arithmetic import subtract as subtract
+from jaxrules.linear import conv as conv
+from jaxrules.linear import dense as dense
+from jaxrules.linear import matmul as matmul
+from jaxrules.losses import kl_divergence as kl_divergence
+from jaxrules.losses import l2_loss as l2_loss
+from jaxrules.losses import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxrules.losses import softmax_cross_entropy as softmax_cross_entropy
+from jaxrules.losses import softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels
+from jaxrules.losses import squared_error as squared_error
+from jaxrules.pooling import avg_pool as avg_pool
+from jaxrules.pooling import max as max  # noqa: A004 (jr.max, as jnp.max)
+from jaxrules.pooling import max_pool as max_pool
+from jaxrules.softmax import glu as glu
+from jaxrules.softmax import log_softmax as log_softmax
+from jaxrules.softmax import logsumexp as logsumexp
+from jaxrules.softmax import pair_product as pair_product
+from jaxrules.softmax import softmax as softmax
+from jaxrules.softmax import softmax_backward as softmax_backward
 from jaxrules.pullback import B as B
 from jaxrules.pullback import pullback as pullback
 from jaxrules._broadcast import unbroadcast as unbroadcast

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import jaxrules as jr
 
@@ -100,6 +101,115 @@ def _rrelu_reference(lower, upper, training):
     return reference
 
 
+def _normal(*shapes_of: int, scale: float = 1.0):
+    """Sampler of several normal arrays, with the case giving their shapes (None for an absent arg)."""
+    def sample(key, shapes, dtype):
+        keys = jax.random.split(key, len(shapes))
+        return tuple(None if sh is None else (scale * jax.random.normal(k, sh, jnp.float32)).astype(dtype)
+                     for k, sh in zip(keys, shapes))
+    return sample
+
+
+def distinct(key, shape, dtype):
+    """Tie-free values: a permutation of k/8 for k = 0..n-1, centred (exact in bfloat16 for n <= 256)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    v = (jax.random.permutation(key, n).astype(jnp.float32) - n / 2) / 8
+    return (v.reshape(shape).astype(dtype),)
+
+
+def _masked(key, shape, dtype):
+    """(x, where): normal logits and a mask with about a third masked out and the first row fully masked."""
+    kx, km = jax.random.split(key)
+    x = jax.random.normal(kx, shape, jnp.float32).astype(dtype)
+    w = jax.random.bernoulli(km, 2 / 3, shape)
+    if len(shape) >= 2 and shape[0] > 0:
+        w = w.at[0].set(False)
+    return x, w
+
+
+def _distribution(key, shape, dtype):
+    """(log_predictions, targets): log of one distribution, and another distribution, along the last axis."""
+    k1, k2 = jax.random.split(key)
+    return (jax.nn.log_softmax(jax.random.normal(k1, shape, jnp.float32)).astype(dtype),
+            jax.nn.softmax(jax.random.normal(k2, shape, jnp.float32)).astype(dtype))
+
+
+def _logits_and_distribution(key, shape, dtype):
+    k1, k2 = jax.random.split(key)
+    return (jax.random.normal(k1, shape, jnp.float32).astype(dtype),
+            jax.nn.softmax(jax.random.normal(k2, shape, jnp.float32)).astype(dtype))
+
+
+def _logits_and_weights(key, shapes, dtype):
+    """(a, b): normal logits of shapes[0] and positive weights of shapes[1] for logsumexp."""
+    k1, k2 = jax.random.split(key)
+    return (jax.random.normal(k1, shapes[0], jnp.float32).astype(dtype),
+            jax.random.uniform(k2, shapes[1], jnp.float32, 0.5, 2.0).astype(dtype))
+
+
+def _logits_and_classes(key, shape, dtype):
+    k1, k2 = jax.random.split(key)
+    return (jax.random.normal(k1, shape, jnp.float32).astype(dtype),
+            jax.random.randint(k2, shape[:-1], 0, shape[-1]).astype(jnp.int32))
+
+
+def _logits_and_probabilities(key, shape, dtype):
+    k1, k2 = jax.random.split(key)
+    return (2 * jax.random.normal(k1, shape, jnp.float32).astype(dtype),
+            jax.random.uniform(k2, shape, jnp.float32).astype(dtype))
+
+
+def _logits_and_bits(key, shape, dtype):
+    k1, k2 = jax.random.split(key)
+    return (2 * jax.random.normal(k1, shape, jnp.float32).astype(dtype),
+            jax.random.bernoulli(k2, 0.5, shape).astype(jnp.int32))
+
+
+def _window_reference(op: str, window_shape, strides=None, padding="VALID", count_include_pad=True):
+    """flax.linen's max_pool / avg_pool, written with lax.reduce_window as flax does."""
+    from jax import lax
+
+    def reference(x):
+        n = len(window_shape)
+        lead = x.ndim - n - 1
+        dims = (1,) * lead + tuple(window_shape) + (1,)
+        st = (1,) * lead + tuple(strides or window_shape) + (1,)
+        pads = padding if isinstance(padding, str) else ((0, 0),) * lead + tuple(padding) + ((0, 0),)
+        if op == "max":
+            return lax.reduce_window(x, -jnp.inf, lax.max, dims, st, pads)
+        total = lax.reduce_window(x, 0.0, lax.add, dims, st, pads)
+        if count_include_pad:
+            return total / np.prod(window_shape)
+        return total / lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, dims, st, pads)
+    return reference
+
+
+def _conv_reference(strides=1, padding="VALID", dilation=1):
+    """lax.conv_general_dilated with flax's layout, differentiated by jax."""
+    from jax import lax
+
+    def reference(x, W, b):
+        n = W.ndim - 2
+        sp = {1: "W", 2: "HW", 3: "DHW"}[n]
+        s = (strides,) * n if isinstance(strides, int) else strides
+        d = (dilation,) * n if isinstance(dilation, int) else dilation
+        y = lax.conv_general_dilated(x, W, s, padding, rhs_dilation=d,
+                                     dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
+        return y if b is None else y + b
+    return reference
+
+
+def _with(fn, settings: dict):
+    return partial(fn, **settings) if settings else fn
+
+
+def _row(name, module, reference, reference_name, sample, pullback, saves, cases, settings=None, **extra):
+    settings = settings or {}
+    return Rule(name=name, fn=_with(getattr(jr, name), settings), reference=reference,
+                reference_name=reference_name, module=module, sample=sample, pullback=pullback, saves=saves,
+                cases=cases, settings=", ".join(f"{k}={v!r}" for k, v in settings.items()), **extra)
+
+
 def _act(name: str, pullback: str, saves: str, kinks: tuple[float, ...] = (), settings: dict | None = None,
          reference: Callable | None = None, reference_name: str | None = None, **extra) -> Rule:
     settings = settings or {}
@@ -157,6 +267,98 @@ RULES: tuple[Rule, ...] = (
     Rule("divide", jr.divide, jnp.divide, "jnp.divide", "arithmetic", _pair(y_away_from_zero=True),
          "x̄ = unbroadcast(z̄ / y), ȳ = −unbroadcast(z̄ ∘ (x/y) / y)", "x, y", cases=BROADCAST_PAIRS,
          tol=_LOW_PRECISION),
+    # linear maps (seeds 002, 003, 004)
+    _row("matmul", "linear", jnp.matmul, "jnp.matmul", _normal(), "Ā = Ȳ Bᵀ, B̄ = Aᵀ Ȳ (summed over broadcast batch)",
+         "a, b", (((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)), ((2, 1, 3, 4), (5, 4, 2)),
+                  ((0, 4), (4, 5)))),
+    _row("dense", "linear", lambda x, W, b: x @ W if b is None else x @ W + b, "x @ W + b", _normal(),
+         "x̄ = ȳ Wᵀ, W̄ = Σ xᵀ ȳ, b̄ = Σ ȳ", "x, W",
+         (((2, 3, 4), (4, 5), (5,)), ((4,), (4, 5), None), ((6, 4), (4, 3), (3,)), ((0, 4), (4, 3), (3,)))),
+    _row("conv", "linear", _conv_reference(), "lax.conv_general_dilated", _normal(),
+         "x̄ = ȳ ⋆ᵀ W (transposed conv), W̄ = x ⋆ ȳ, b̄ = Σ ȳ", "x, W",
+         (((2, 6, 5, 3), (3, 2, 3, 4), (4,)), ((2, 7, 3), (3, 3, 2), None), ((1, 4, 4, 3, 2), (2, 2, 2, 2, 2), (2,)))),
+    _row("conv", "linear", _conv_reference(2, "SAME", 1), "lax.conv_general_dilated", _normal(),
+         "x̄ = ȳ ⋆ᵀ W (transposed conv), W̄ = x ⋆ ȳ, b̄ = Σ ȳ", "x, W",
+         (((2, 7, 6, 3), (3, 3, 3, 4), (4,)), ((2, 9, 2), (4, 2, 3), (3,))), settings={"strides": 2, "padding": "SAME"}),
+    _row("conv", "linear", _conv_reference((2, 1), ((1, 2), (0, 1)), (1, 2)), "lax.conv_general_dilated", _normal(),
+         "x̄ = ȳ ⋆ᵀ W (transposed conv), W̄ = x ⋆ ȳ, b̄ = Σ ȳ", "x, W",
+         (((2, 8, 9, 2), (3, 3, 2, 3), (3,)),),
+         settings={"strides": (2, 1), "padding": ((1, 2), (0, 1)), "dilation": (1, 2)}),
+    # vector activations and multiplicative combinations (seed 003)
+    _row("softmax", "softmax", jax.nn.softmax, "jax.nn.softmax", _normal(), "x̄ = y ∘ (ȳ − Σ ȳ ∘ y)", "y",
+         (((3, 4),), ((7,),), ((2, 3, 5),), ((0, 4),))),
+    _row("softmax", "softmax", partial(jax.nn.softmax, axis=(0, 2)), "jax.nn.softmax", _normal(),
+         "x̄ = y ∘ (ȳ − Σ ȳ ∘ y)", "y", (((2, 3, 5),),), settings={"axis": (0, 2)}),
+    Rule("softmax", lambda x, w: jr.softmax(x, -1, w), lambda x, w: jax.nn.softmax(x, -1, where=w),
+         "jax.nn.softmax", "softmax", _masked, "x̄ = y ∘ (ȳ − Σ ȳ ∘ y); masked: 0", "y",
+         cases=((4, 5), (6,)), settings="where=mask"),
+    _row("log_softmax", "softmax", jax.nn.log_softmax, "jax.nn.log_softmax", _normal(), "x̄ = ȳ − eʸ Σ ȳ", "y",
+         (((3, 4),), ((7,),), ((2, 3, 5),), ((0, 4),))),
+    Rule("log_softmax", lambda x, w: jr.log_softmax(x, -1, w), lambda x, w: jax.nn.log_softmax(x, -1, where=w),
+         "jax.nn.log_softmax", "softmax", _masked, "x̄ = ȳ − eʸ Σ ȳ; masked: 0", "y, mask",
+         cases=((4, 5), (6,)), settings="where=mask",
+         # masked outputs are -inf, where central differences are undefined
+         checks={"fd": False}),
+    _row("logsumexp", "softmax", jax.nn.logsumexp, "jax.nn.logsumexp", _normal(),
+         "ā = ȳ ∘ e^(a − y)", "a, y", (((3, 4),), ((7,),), ((2, 3, 5),), ((0, 4),))),
+    _row("logsumexp", "softmax", partial(jax.nn.logsumexp, axis=-1), "jax.nn.logsumexp", _normal(),
+         "ā = ȳ ∘ e^(a − y)", "a, y", (((3, 4),), ((7,),), ((0, 4),)), settings={"axis": -1}),
+    Rule("logsumexp", lambda a, b: jr.logsumexp(a, axis=(0, 2), b=b), lambda a, b: jax.nn.logsumexp(a, axis=(0, 2), b=b),
+         "jax.nn.logsumexp", "softmax", _logits_and_weights,
+         "ā = ȳ ∘ b e^(a − y), b̄ = ȳ ∘ e^(a − y)", "a, b, y", cases=(((2, 3, 5), (2, 1, 5)), ((2, 3, 5), (5,))),
+         settings="axis=(0, 2), b=weights"),
+    Rule("logsumexp", lambda x, w: jr.logsumexp(x, axis=-1, where=w), lambda x, w: jax.nn.logsumexp(x, axis=-1, where=w),
+         "jax.nn.logsumexp", "softmax", _masked, "ā = ȳ ∘ e^(a − y); masked: 0", "a, y, mask",
+         cases=((4, 5), (6,)), settings="axis=-1, where=mask",
+         # the fully masked row is -inf, where central differences are undefined
+         checks={"fd": False}),
+    _row("glu", "softmax", jax.nn.glu, "jax.nn.glu", _normal(), "ā = ȳ ∘ σ(b), b̄ = ȳ ∘ a ∘ σ(b)(1 − σ(b))", "x",
+         (((3, 4),), ((4,),), ((2, 3, 6),), ((0, 4),))),
+    _row("pair_product", "softmax", lambda x: x[..., 0::2] * x[..., 1::2], "x[..., 0::2] * x[..., 1::2]", _normal(),
+         "x̄₂ᵢ₋₁ = ȳᵢ x₂ᵢ, x̄₂ᵢ = ȳᵢ x₂ᵢ₋₁", "x", (((3, 4),), ((4,),), ((2, 3, 6),), ((0, 4),))),
+    # max over subsets (seed 003); tie-free inputs here, ties in tests/test_pooling.py
+    _row("max", "pooling", jnp.max, "jnp.max", distinct, "x̄ = ȳ at the first argmax, 0 elsewhere", "argmax (int32)",
+         ((3, 4), (7,), (2, 3, 5))),
+    _row("max", "pooling", partial(jnp.max, axis=(0, 2), keepdims=True), "jnp.max", distinct,
+         "x̄ = ȳ at the first argmax, 0 elsewhere", "argmax (int32)", ((2, 3, 5), (3, 1, 4)),
+         settings={"axis": (0, 2), "keepdims": True}),
+    _row("max", "pooling", partial(jnp.max, axis=-1), "jnp.max", distinct,
+         "x̄ = ȳ at the first argmax, 0 elsewhere", "argmax (int32)", ((3, 4), (0, 4)), settings={"axis": -1}),
+    _row("max_pool", "pooling", _window_reference("max", (2, 2)), "flax.linen.max_pool (lax.reduce_window)", distinct,
+         "x̄ = Σ_j ȳ_j at window j's first argmax", "argmax (int32)", ((2, 6, 6, 3), (5, 4, 2)),
+         settings={"window_shape": (2, 2)}),
+    _row("max_pool", "pooling", _window_reference("max", (3, 2), (2, 1), "SAME"), "flax.linen.max_pool (lax.reduce_window)",
+         distinct, "x̄ = Σ_j ȳ_j at window j's first argmax", "argmax (int32)", ((2, 7, 5, 3),),
+         settings={"window_shape": (3, 2), "strides": (2, 1), "padding": "SAME"}),
+    _row("max_pool", "pooling", _window_reference("max", (3,), (2,), ((1, 2),)), "flax.linen.max_pool (lax.reduce_window)",
+         distinct, "x̄ = Σ_j ȳ_j at window j's first argmax", "argmax (int32)", ((2, 8, 3),),
+         settings={"window_shape": (3,), "strides": (2,), "padding": ((1, 2),)}),
+    _row("avg_pool", "pooling", _window_reference("avg", (2, 2)), "flax.linen.avg_pool (lax.reduce_window)", _normal(),
+         "x̄ = window-sum of (ȳ / c) dilated by the strides", "shapes", (((2, 6, 6, 3),), ((5, 4, 2),)),
+         settings={"window_shape": (2, 2)}),
+    _row("avg_pool", "pooling", _window_reference("avg", (3, 2), (2, 1), "SAME", False),
+         "flax.linen.avg_pool (lax.reduce_window)", _normal(), "x̄ = window-sum of (ȳ / c) dilated by the strides",
+         "shapes", (((2, 7, 5, 3),),),
+         settings={"window_shape": (3, 2), "strides": (2, 1), "padding": "SAME", "count_include_pad": False}),
+    # divergences (seeds 003, 004), optax's names and per-example results
+    _row("squared_error", "losses", optax.squared_error, "optax.squared_error", _normal(),
+         "f̄ = 2(f − t) ∘ ℓ̄, t̄ = −f̄", "f, t", (((3, 4), (3, 4)), ((), ()), ((0, 3), (0, 3)), ((5,), None))),
+    _row("l2_loss", "losses", optax.l2_loss, "optax.l2_loss", _normal(), "f̄ = (f − t) ∘ ℓ̄, t̄ = −f̄", "f, t",
+         (((3, 4), (3, 4)), ((), ()), ((5,), None))),
+    _row("kl_divergence", "losses", optax.kl_divergence, "optax.kl_divergence", _distribution,
+         "(log p)‾ = −t ∘ ℓ̄, t̄ = (log t − log p + 1) ∘ ℓ̄", "log p, t", ((4, 5), (5,), (2, 3, 4), (0, 5))),
+    _row("softmax_cross_entropy", "losses", optax.softmax_cross_entropy, "optax.softmax_cross_entropy",
+         _logits_and_distribution, "z̄ = ℓ̄ ∘ (softmax(z) Σd − d), d̄ = −log softmax(z) ∘ ℓ̄", "log softmax(z), d",
+         ((4, 5), (5,), (2, 3, 4), (0, 5))),
+    _row("softmax_cross_entropy_with_integer_labels", "losses", optax.softmax_cross_entropy_with_integer_labels,
+         "optax.softmax_cross_entropy_with_integer_labels", _logits_and_classes,
+         "z̄ = ℓ̄ ∘ (softmax(z) − onehot(c))", "z, logsumexp(z), c", ((4, 5), (5,), (2, 3, 4), (0, 5))),
+    _row("sigmoid_binary_cross_entropy", "losses", optax.sigmoid_binary_cross_entropy,
+         "optax.sigmoid_binary_cross_entropy", _logits_and_probabilities, "z̄ = ℓ̄ ∘ (σ(z) − d), d̄ = −z ∘ ℓ̄", "z, d",
+         ((4, 5), (), (0, 3))),
+    Rule("sigmoid_binary_cross_entropy", jr.sigmoid_binary_cross_entropy, optax.sigmoid_binary_cross_entropy,
+         "optax.sigmoid_binary_cross_entropy", "losses", _logits_and_bits, "z̄ = ℓ̄ ∘ (σ(z) − d)", "z, d",
+         cases=((4, 5), (7,)), settings="integer labels"),
 )
 
 

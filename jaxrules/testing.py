@@ -103,12 +103,13 @@ class _Checker:
                           f"shape {want_shape} and dtype {want_dtype}")
 
 
-def _random_like(key: jax.Array, tree: Any) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return treedef.unflatten([
-        jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)
-    ])
+def _random_like(rng: np.random.Generator, tree: Any) -> Any:
+    """Standard normal arrays with the shapes and dtypes of tree's leaves (arrays or ShapeDtypeStructs).
+
+    Drawn with NumPy: no compilation per shape, which dominates the cost of small checks.
+    """
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(rng.standard_normal(x.shape).astype(np.float64), dtype=x.dtype), tree)
 
 
 def _vjp_fn(fn: Callable, argnums: Sequence[int]) -> Callable:
@@ -124,7 +125,7 @@ def _vjp_fn(fn: Callable, argnums: Sequence[int]) -> Callable:
     return run
 
 
-def _batch(key: jax.Array, args: Sequence[Any], size: int) -> tuple[list[Any], list[int | None]]:
+def _batch(rng: np.random.Generator, args: Sequence[Any], size: int) -> tuple[list[Any], list[int | None]]:
     """A batch of `size` argument sets: float arrays with their elements permuted, the rest repeated."""
     out, axes = [], []
     for a in args:
@@ -132,12 +133,10 @@ def _batch(key: jax.Array, args: Sequence[Any], size: int) -> tuple[list[Any], l
             out.append(a)
             axes.append(None)
             continue
-        a = jnp.asarray(a) if not _is_key(a) else a
+        a = a if _is_key(a) else jnp.asarray(a)
         if _is_float(a) and a.size > 1:
-            key, sub = jax.random.split(key)
             flat = a.reshape(-1)
-            members = [a] + [flat[jax.random.permutation(k, flat.size)].reshape(a.shape)
-                             for k in jax.random.split(sub, size - 1)]
+            members = [a] + [flat[rng.permutation(a.size)].reshape(a.shape) for _ in range(size - 1)]
             out.append(jnp.stack(members))
         else:
             out.append(jnp.stack([a] * size))
@@ -162,8 +161,8 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
         differentiated argument (see :func:`default_tolerance`).
       name: the rule's name in failure messages (default: ``f.__name__``).
       fd, jit, vmap, grad_grad: switch the individual checks off (all on by default).
-      eager: run checks 1 and 2 op by op (the default) or, if False, under ``jax.jit`` only, which
-        compiles once per function instead of once per operation (faster for many small shapes).
+      eager: run checks 1 and 2 op by op (the default) or, if False, in one ``jax.jit`` compilation
+        (much faster for many small cases; check 4 still compares with jit when ``jit`` is on).
       fd_eps, fd_tol: step and tolerance of the float64 finite differences (``check_grads``'s defaults).
       seed: seeds the random cotangents and permutations.
 
@@ -176,21 +175,24 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
     ref_dtype = jnp.result_type(args[argnums[0]]) if argnums else jnp.float32
     d_rtol, d_atol = default_tolerance(ref_dtype)
     c = _Checker(name, d_rtol if rtol is None else rtol, d_atol if atol is None else atol)
-    key = jax.random.key(seed)
-    k_bar, k_w, k_batch, k_bbar = jax.random.split(key, 4)
+    rng = np.random.default_rng(seed)
 
-    run = (lambda fn: fn) if eager else jax.jit
+    ours_vjp, ref_vjp = _vjp_fn(f, argnums), _vjp_fn(reference, argnums)
+    out = jax.eval_shape(reference, *args)
+    ybar = _random_like(rng, out) if argnums else None
 
-    # 1. primal
-    y, y_ref = run(f)(*args), run(reference)(*args)
+    def both(ybar, *args):
+        """1 and 2 for ours and the reference: (y, y_ref, cotangents, reference cotangents)."""
+        y, y_ref = f(*args), reference(*args)
+        if not argnums:
+            return y, y_ref, (), ()
+        return y, y_ref, ours_vjp(ybar, *args), ref_vjp(ybar, *args)
+
+    # 1. primal and 2. vjp against the reference, op by op or in one compilation
+    y, y_ref, cts, cts_ref = (both if eager else jax.jit(both))(ybar, *args)
     c.close("primal", "output", y, y_ref)
     if not argnums:
         return
-
-    # 2. vjp against the reference, with shapes and dtypes of the cotangents
-    ybar = _random_like(k_bar, y_ref)
-    ours_vjp, ref_vjp = _vjp_fn(f, argnums), _vjp_fn(reference, argnums)
-    cts, cts_ref = run(ours_vjp)(ybar, *args), run(ref_vjp)(ybar, *args)
     c.cotangent_types("vjp", cts, args, argnums)
     for ct, ct_ref, i in zip(cts, cts_ref, argnums):
         c.close("vjp", f"cotangent of argument {i}", ct, ct_ref)
@@ -213,29 +215,33 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
                 except AssertionError as e:
                     c.fail("finite differences (float64)", f"argument {i}", str(e).strip().replace("\n", " "))
 
-    # 4. jit
+    # 4. jit (one compilation for value and cotangents)
     if jit:
-        c.close("jit", "output", jax.jit(f)(*args), y_ref)
-        cts_jit = jax.jit(ours_vjp)(ybar, *args)
+        y_jit, cts_jit = jax.jit(lambda ybar, *a: (f(*a), ours_vjp(ybar, *a)))(ybar, *args)
+        c.close("jit", "output", y_jit, y_ref)
         c.cotangent_types("jit", cts_jit, args, argnums)
         for ct, ct_ref, i in zip(cts_jit, cts_ref, argnums):
             c.close("jit", f"cotangent of argument {i}", ct, ct_ref)
 
-    # 5. vmap over a batch of three
+    # 5. vmap over a batch of three (ours and the reference in one compilation)
     if vmap:
-        bargs, axes = _batch(k_batch, args, 3)
-        # under jit: one compilation instead of one per batched operation
-        c.close("vmap", "output", jax.jit(jax.vmap(f, in_axes=axes))(*bargs),
-                jax.jit(jax.vmap(reference, in_axes=axes))(*bargs))
-        bbar = _random_like(k_bbar, jax.tree_util.tree_map(lambda t: jnp.stack([t] * 3), y_ref))
-        vb = jax.jit(jax.vmap(ours_vjp, in_axes=(0, *axes)))(bbar, *bargs)
-        vb_ref = jax.jit(jax.vmap(ref_vjp, in_axes=(0, *axes)))(bbar, *bargs)
+        bargs, axes = _batch(rng, args, 3)
+        bbar = _random_like(rng, jax.tree_util.tree_map(
+            lambda t: jax.ShapeDtypeStruct((3,) + t.shape, t.dtype), out))
+
+        @jax.jit
+        def batched(bbar, *bargs):
+            return (jax.vmap(f, in_axes=axes)(*bargs), jax.vmap(reference, in_axes=axes)(*bargs),
+                    jax.vmap(ours_vjp, in_axes=(0, *axes))(bbar, *bargs),
+                    jax.vmap(ref_vjp, in_axes=(0, *axes))(bbar, *bargs))
+        yb, yb_ref, vb, vb_ref = batched(bbar, *bargs)
+        c.close("vmap", "output", yb, yb_ref)
         for ct, ct_ref, i in zip(vb, vb_ref, argnums):
             c.close("vmap", f"cotangent of argument {i}", ct, ct_ref)
 
-    # 6. reverse over reverse
+    # 6. reverse over reverse: the gradient of ⟨w, vjp(ȳ)⟩ with respect to the arguments
     if grad_grad:
-        w = _random_like(k_w, cts_ref)
+        w = _random_like(rng, cts_ref)
 
         def second(run):
             def h(*diff):
@@ -243,8 +249,8 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
                 for i, v in zip(argnums, diff):
                     full[i] = v
                 return sum(jnp.vdot(wi, ci).real for wi, ci in zip(w, run(ybar, *full)))
-            return jax.jit(jax.grad(h, argnums=tuple(range(len(argnums)))))(*(args[i] for i in argnums))
-        gg, gg_ref = second(ours_vjp), second(ref_vjp)
+            return jax.grad(h, argnums=tuple(range(len(argnums))))(*(args[i] for i in argnums))
+        gg, gg_ref = jax.jit(lambda: (second(ours_vjp), second(ref_vjp)))()
         for g1, g2, i in zip(gg, gg_ref, argnums):
             c.close("grad of grad", f"argument {i}", g1, g2)
 

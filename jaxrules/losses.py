@@ -1,0 +1,329 @@
+r"""Divergences with optax's names, argument order and per-example results (seeds 003, 004).
+
+No hidden reduction: like ``optax.losses``, every loss returns one value per example (per element
+for the elementwise losses), and the caller takes the mean. The cross-entropies are fused rules:
+their pullback goes straight from the loss to the logits,
+
+.. math:: \bar z = \bar\ell ∘ (\mathrm{softmax}(z) - d)   \quad\text{or}\quad   \bar z = \bar\ell ∘ (σ(z) - d),
+
+exact and finite for any finite logits, where composing log_softmax and a product would form
+0·∞ at saturated logits.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from jaxrules import _checks
+from jaxrules._broadcast import Static, broadcast_shapes, unbroadcast
+from jaxrules._checks import floating
+from jaxrules.softmax import _setup, _shifted
+
+Array = jax.Array
+
+__all__ = [
+    "squared_error", "l2_loss", "kl_divergence", "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels", "sigmoid_binary_cross_entropy",
+]
+
+
+def _same_shape(rule: str, a_name: str, a: Array, b_name: str, b: Array) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{rule}: {a_name} has shape {a.shape} but {b_name} has shape {b.shape}; they must match")
+
+
+def _targets(rule: str, predictions: Any, targets: Any):
+    p = floating(rule, "predictions", predictions)
+    if targets is None:
+        return p, None
+    t = floating(rule, "targets", targets)
+    _same_shape(rule, "predictions", p, "targets", t)
+    return p, t
+
+
+# --- squared_error ---------------------------------------------------------------------------
+
+@jax.custom_vjp
+def squared_error(predictions: ArrayLike, targets: ArrayLike | None = None) -> Array:
+    r"""Elementwise squared error (seed 004: E = (f − y)², ∂E/∂f = 2(f − y)).
+
+    .. math:: \ell = (f - t)^2,        \bar f = 2(f - t) ∘ \bar\ell,        \bar t = -\bar f
+
+    ``targets`` None means t = 0. Shapes must match (as in optax). Keeps the inputs.
+    """
+    p, t = _targets("squared_error", predictions, targets)
+    e = p if t is None else p - t
+    return e * e
+
+
+def _squared_error_fwd(predictions, targets):
+    return squared_error(predictions, targets), (predictions, targets)
+
+
+def _squared_error_bwd(res, g):
+    p, t = res
+    f_bar = 2 * (p if t is None else p - t) * g
+    return f_bar, None if t is None else -f_bar
+
+
+squared_error.defvjp(_squared_error_fwd, _squared_error_bwd)
+
+
+# --- l2_loss ---------------------------------------------------------------------------------
+
+@jax.custom_vjp
+def l2_loss(predictions: ArrayLike, targets: ArrayLike | None = None) -> Array:
+    r"""Half the squared error, as ``optax.l2_loss``.
+
+    .. math:: \ell = \tfrac12 (f - t)^2,        \bar f = (f - t) ∘ \bar\ell,        \bar t = -\bar f
+    """
+    p, t = _targets("l2_loss", predictions, targets)
+    e = p if t is None else p - t
+    return 0.5 * (e * e)
+
+
+def _l2_loss_fwd(predictions, targets):
+    return l2_loss(predictions, targets), (predictions, targets)
+
+
+def _l2_loss_bwd(res, g):
+    p, t = res
+    f_bar = (p if t is None else p - t) * g
+    return f_bar, None if t is None else -f_bar
+
+
+l2_loss.defvjp(_l2_loss_fwd, _l2_loss_bwd)
+
+
+# --- kl_divergence ---------------------------------------------------------------------------
+
+def _kl_setup(log_predictions, targets, axis, where):
+    lp = floating("kl_divergence", "log_predictions", log_predictions)
+    t = floating("kl_divergence", "targets", targets)
+    _same_shape("kl_divergence", "log_predictions", lp, "targets", t)
+    axes = _checks.axes("kl_divergence", axis, lp.ndim)
+    mask = None
+    if where is not None:
+        mask = jnp.asarray(where)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"kl_divergence: where must be a boolean mask, got dtype {mask.dtype}")
+        if mask.ndim != lp.ndim and len(axes) == 1:  # optax: a mask without the class axis
+            mask = jnp.expand_dims(mask, axes)
+        mask = jnp.broadcast_to(mask, lp.shape)
+    return lp, t, axes, mask
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def kl_divergence(log_predictions: ArrayLike, targets: ArrayLike, axis: int | tuple[int, ...] | None = -1,
+                  where: ArrayLike | None = None) -> Array:
+    r"""KL(targets ‖ predictions) per example, from log-predictions (seed 003), as ``optax.kl_divergence``.
+
+    .. math:: \ell = \textstyle\sum_i t_i (\log t_i - \log p_i),        \overline{\log p} = -t ∘ \bar\ell,
+              \bar t = (\log t - \log p + 1) ∘ \bar\ell
+
+    0·log 0 = 0: where t_i = 0 the term is 0, and its t-derivative (which is −∞ as t → 0⁺) is
+    taken as 0, i.e. zero targets are treated as constants. Gradients stay finite where optax's
+    are NaN. Keeps the inputs.
+    """
+    lp, t, axes, mask = _kl_setup(log_predictions, targets, axis, where)
+    terms = t * (jnp.where(t == 0, 0, jnp.log(jnp.where(t == 0, 1, t))) - lp)
+    return jnp.sum(terms, axis=axes, where=mask)
+
+
+def _kl_divergence_fwd(log_predictions, targets, axis, where):
+    lp, t, axes, mask = _kl_setup(log_predictions, targets, axis, where)
+    return kl_divergence(log_predictions, targets, axis, where), (lp, t, mask)
+
+
+def _kl_divergence_bwd(axis, res, g):
+    lp, t, mask = res
+    axes = _checks.axes("kl_divergence", axis, lp.ndim)
+    g = jnp.expand_dims(g, axes)
+    if mask is not None:
+        g = jnp.where(mask, g, 0)
+    positive = t > 0
+    log_t = jnp.log(jnp.where(positive, t, 1))
+    t_bar = jnp.where(positive, (log_t - lp + 1) * g, 0)
+    return -t * g, t_bar, None
+
+
+kl_divergence.defvjp(_kl_divergence_fwd, _kl_divergence_bwd)
+
+
+# --- softmax_cross_entropy -------------------------------------------------------------------
+
+def _ce_setup(logits, labels, axis, where):
+    z = floating("softmax_cross_entropy", "logits", logits)
+    d = floating("softmax_cross_entropy", "labels", labels)
+    _same_shape("softmax_cross_entropy", "logits", z, "labels", d)
+    if where is not None and jnp.ndim(where) != z.ndim and isinstance(axis, int):
+        where = jnp.expand_dims(jnp.asarray(where), axis)  # optax: a mask without the class axis
+    return _setup("softmax_cross_entropy", z, axis, where) + (d,)
+
+
+def _ce_forward(z, axes, mask, d):
+    """(per-example loss, log softmax(z)); 0·log 0 = 0, and masked classes contribute nothing."""
+    m, _, s = _shifted(z, axes, mask)
+    log_p = z - m - jnp.log(s)
+    terms = jnp.where(d == 0, 0, d * log_p)
+    if mask is not None:
+        terms = jnp.where(mask, terms, 0)
+    return -jnp.sum(terms, axis=axes), log_p
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int | tuple[int, ...] | None = -1,
+                          where: ArrayLike | None = None) -> Array:
+    r"""Cross-entropy between label distributions and softmax(logits), per example (as optax).
+
+    .. math:: \ell = -\textstyle\sum_i d_i \log \mathrm{softmax}(z)_i,
+              \bar z = \bar\ell ∘ (\mathrm{softmax}(z) \textstyle\sum_i d_i - d),        \bar d = -\log\mathrm{softmax}(z) ∘ \bar\ell
+
+    With Σd = 1 (a distribution) z̄ = ℓ̄(softmax(z) − d). Keeps log softmax(z) (one array of the
+    logits' size), the labels and the mask, if any. Masked classes (``where`` False) contribute
+    nothing and get zero gradients.
+    """
+    z, axes, mask, d = _ce_setup(logits, labels, axis, where)
+    return _ce_forward(z, axes, mask, d)[0]
+
+
+def _softmax_cross_entropy_fwd(logits, labels, axis, where):
+    z, axes, mask, d = _ce_setup(logits, labels, axis, where)
+    loss, log_p = _ce_forward(z, axes, mask, d)
+    return loss, (log_p, d, mask)
+
+
+def _softmax_cross_entropy_bwd(axis, res, g):
+    log_p, d, mask = res
+    axes = _checks.axes("softmax_cross_entropy", axis, log_p.ndim)
+    g = jnp.expand_dims(g, axes)
+    live = d if mask is None else jnp.where(mask, d, 0)
+    p = jnp.exp(log_p) if mask is None else jnp.where(mask, jnp.exp(log_p), 0)
+    z_bar = g * (p * jnp.sum(live, axis=axes, keepdims=True) - live)
+    d_bar = -log_p * g if mask is None else jnp.where(mask, -log_p * g, 0)
+    return z_bar, d_bar, None
+
+
+softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
+
+
+# --- softmax_cross_entropy_with_integer_labels -----------------------------------------------
+
+def _int_ce_setup(logits, labels, axis, where):
+    rule = "softmax_cross_entropy_with_integer_labels"
+    z = floating(rule, "logits", logits)
+    if isinstance(labels, (list, tuple)) or labels is None:
+        raise TypeError(f"{rule}: labels must be an integer array, got {type(labels).__name__}")
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{rule}: labels must have an integer dtype (class indices), got {labels.dtype}; "
+                        f"for one-hot or soft labels use softmax_cross_entropy")
+    if z.ndim == 0:
+        raise ValueError(f"{rule}: logits must have a class axis, got a scalar")
+    ax = _checks.axis(rule, axis, z.ndim)
+    want = z.shape[:ax] + z.shape[ax + 1:]
+    if labels.shape != want:
+        raise ValueError(f"{rule}: labels must have the logits' shape {z.shape} without the class axis "
+                         f"{axis}, i.e. {want}, got {labels.shape}")
+    mask = None
+    if where is not None:
+        mask = jnp.asarray(where)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"{rule}: where must be a boolean mask, got dtype {mask.dtype}")
+        if mask.ndim != z.ndim:
+            mask = jnp.expand_dims(mask, ax)
+        mask = jnp.broadcast_to(mask, z.shape)
+    return z, labels, ax, mask
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
+                                              where: ArrayLike | None = None) -> Array:
+    r"""Cross-entropy with integer class labels, per example (as optax).
+
+    .. math:: \ell = \log\textstyle\sum_j e^{z_j} - z_{c},        \bar z = \bar\ell ∘ (\mathrm{softmax}(z) - \mathrm{onehot}(c))
+
+    Keeps the logits (the input) and the per-example logsumexp, never a softmax. Labels get no
+    cotangent (JAX's float0 under ``jax.grad``). A label outside [0, classes) gives a NaN loss
+    rather than a silently wrong number. Rows with every class masked out give loss 0.
+    """
+    z, c, ax, mask = _int_ce_setup(logits, labels, axis, where)
+    m, _, s = _shifted(z, (ax,), mask)
+    lse = jnp.squeeze(m + jnp.log(s), ax)
+    picked = jnp.squeeze(jnp.take_along_axis(z, jnp.expand_dims(jnp.clip(c, 0, z.shape[ax] - 1), ax), axis=ax), ax)
+    loss = jnp.where((c >= 0) & (c < z.shape[ax]), lse - picked, jnp.nan)
+    if mask is not None:
+        loss = jnp.where(jnp.any(mask, axis=ax), loss, 0.0)
+    return loss
+
+
+def _int_ce_fwd(logits, labels, axis, where):
+    z, c, ax, mask = _int_ce_setup(logits, labels, axis, where)
+    m, _, s = _shifted(z, (ax,), mask)
+    loss = softmax_cross_entropy_with_integer_labels(logits, labels, axis, where)
+    return loss, (z, c, m + jnp.log(s), mask)
+
+
+def _int_ce_bwd(axis, res, g):
+    z, c, lse, mask = res
+    ax = axis % z.ndim
+    p = jnp.exp(z - jnp.where(jnp.isfinite(lse), lse, 0))
+    if mask is not None:
+        p = jnp.where(mask, p, 0)
+    onehot = jnp.arange(z.shape[ax]).reshape((-1,) + (1,) * (z.ndim - ax - 1)) == jnp.expand_dims(c, ax)
+    z_bar = jnp.expand_dims(g, ax) * (p - onehot.astype(z.dtype))
+    if mask is not None:
+        z_bar = jnp.where(jnp.any(mask, axis=ax, keepdims=True), z_bar, 0)
+    return z_bar.astype(z.dtype), None, None
+
+
+softmax_cross_entropy_with_integer_labels.defvjp(_int_ce_fwd, _int_ce_bwd)
+
+
+# --- sigmoid_binary_cross_entropy ------------------------------------------------------------
+
+def _bce_setup(logits, labels):
+    rule = "sigmoid_binary_cross_entropy"
+    z = floating(rule, "logits", logits)
+    if labels is None or isinstance(labels, (list, tuple)):
+        raise TypeError(f"{rule}: labels must be an array, got {type(labels).__name__}")
+    broadcast_shapes(rule, logits=z.shape, labels=jnp.shape(labels))
+    return z, Static((jnp.shape(labels), jnp.result_type(labels)))
+
+
+@jax.custom_vjp
+def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
+    r"""Elementwise binary cross-entropy of labels d ∈ [0, 1] and σ(logits), as optax.
+
+    .. math:: \ell = -d \log σ(z) - (1 - d) \log σ(-z) = \mathrm{softplus}(z) - d z,
+              \bar z = \bar\ell ∘ (σ(z) - d),        \bar d = -z ∘ \bar\ell
+
+    Written as softplus(z) − d·z: no log of a rounded-to-0 probability. Keeps the inputs.
+    Integer labels (0/1) get no cotangent.
+    """
+    z, _ = _bce_setup(logits, labels)
+    d = jnp.asarray(labels).astype(z.dtype)
+    return jnp.logaddexp(z, 0) - d * z
+
+
+def _bce_fwd(logits, labels):
+    z, meta = _bce_setup(logits, labels)
+    return sigmoid_binary_cross_entropy(logits, labels), (z, labels, meta)
+
+
+def _bce_bwd(res, g):
+    z, d, meta = res
+    shape, dtype = meta.value
+    zb, db = jnp.broadcast_arrays(z, jnp.asarray(d).astype(z.dtype))
+    z_bar = unbroadcast(g * (lax.logistic(zb) - db), z.shape)
+    d_bar = unbroadcast(-zb * g, shape).astype(dtype) if jnp.issubdtype(dtype, jnp.inexact) else None
+    return z_bar, d_bar
+
+
+sigmoid_binary_cross_entropy.defvjp(_bce_fwd, _bce_bwd)

@@ -1,0 +1,259 @@
+r"""Vector activations and multiplicative combinations (seed 003).
+
+Softmax is a vector activation: its Jacobian is full, J = diag(y) − y yᵀ, so the pullback is
+
+.. math:: \bar x = J^T \bar y = y ∘ (\bar y - \langle \bar y, y \rangle),
+
+which needs only the output y. ``where`` masks entries out along the reduced axes: they get
+output 0 (softmax), −∞ (log_softmax) and zero gradient; a fully masked row gives zeros, never NaN.
+All three subtract the (masked) maximum first, so logits of any finite size are safe.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from jaxrules import _checks
+from jaxrules._broadcast import Static, unbroadcast
+from jaxrules._checks import floating
+
+Array = jax.Array
+Axis = int | tuple[int, ...] | None
+
+__all__ = ["softmax", "log_softmax", "logsumexp", "glu", "pair_product"]
+
+
+def _setup(rule: str, x: Any, axis: Axis, where: Any):
+    """x as a float array, the reduced axes, and the mask broadcast to x's shape (or None)."""
+    x = floating(rule, "x", x)
+    axes = _checks.axes(rule, axis, x.ndim)
+    if where is None:
+        return x, axes, None
+    mask = jnp.asarray(where)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"{rule}: where must be a boolean mask, got dtype {mask.dtype}")
+    try:
+        mask = jnp.broadcast_to(mask, x.shape)
+    except ValueError:
+        raise ValueError(f"{rule}: where with shape {mask.shape} does not broadcast to x's shape {x.shape}") from None
+    return x, axes, mask
+
+
+def _shifted(x: Array, axes: tuple[int, ...], mask: Array | None):
+    """(m, e, s): the masked maximum m (0 where a row has no finite entry), e = exp(x − m) (0 where
+    masked) and s = Σ e, all with keepdims."""
+    xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
+    m = jnp.max(xm, axis=axes, keepdims=True, initial=-jnp.inf)
+    m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+    e = jnp.exp(xm - m)
+    return m, e, jnp.sum(e, axis=axes, keepdims=True)
+
+
+# --- softmax ---------------------------------------------------------------------------------
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
+    r"""Softmax along ``axis`` (an int or a tuple), saving only its output.
+
+    .. math:: y = \frac{e^{x - \max x}}{\sum e^{x - \max x}},        \bar x = y ∘ (\bar y - \textstyle\sum \bar y ∘ y)
+
+    Masked entries (``where`` False) get y = 0 and x̄ = 0; a fully masked row gives zeros.
+    """
+    x, axes, mask = _setup("softmax", x, axis, where)
+    _, e, s = _shifted(x, axes, mask)
+    return e / jnp.where(s == 0, 1, s)
+
+
+def _softmax_fwd(x, axis, where):
+    y = softmax(x, axis, where)
+    return y, y
+
+
+def _softmax_bwd(axis, y, g):
+    axes = _checks.axes("softmax", axis, y.ndim)
+    return y * (g - jnp.sum(g * y, axis=axes, keepdims=True)), None
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+def softmax_backward(y_bar: ArrayLike, y: ArrayLike, axis: Axis = -1) -> Array:
+    """∇softmax(ȳ, y) = y ∘ (ȳ − Σ ȳ ∘ y): softmax's pullback as a function of its output alone."""
+    return _softmax_bwd(axis, jnp.asarray(y), jnp.asarray(y_bar))[0]
+
+
+# --- log_softmax -----------------------------------------------------------------------------
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
+    r"""Log-softmax along ``axis``, saving only its output (and the mask, if given).
+
+    .. math:: y = x - \max x - \log \textstyle\sum e^{x - \max x},        \bar x = \bar y - e^{y} \textstyle\sum \bar y
+
+    e^y is the softmax, so y suffices. Masked entries get y = −∞ and x̄ = 0.
+    """
+    x, axes, mask = _setup("log_softmax", x, axis, where)
+    m, _, s = _shifted(x, axes, mask)
+    y = x - m - jnp.log(s)
+    return y if mask is None else jnp.where(mask, y, -jnp.inf)
+
+
+def _log_softmax_fwd(x, axis, where):
+    y = log_softmax(x, axis, where)
+    _, _, mask = _setup("log_softmax", x, axis, where)
+    return y, (y, mask)
+
+
+def _log_softmax_bwd(axis, res, g):
+    y, mask = res
+    axes = _checks.axes("log_softmax", axis, y.ndim)
+    if mask is None:
+        return g - jnp.exp(y) * jnp.sum(g, axis=axes, keepdims=True), None
+    g = jnp.where(mask, g, 0)
+    return jnp.where(mask, g - jnp.exp(y) * jnp.sum(g, axis=axes, keepdims=True), 0), None
+
+
+log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+
+
+# --- logsumexp -------------------------------------------------------------------------------
+
+def _logsumexp_setup(a, axis, b, return_sign, where):
+    if return_sign:
+        raise NotImplementedError("logsumexp: return_sign=True is not supported; weights b must be >= 0")
+    x, axes, mask = _setup("logsumexp", a, axis, where)
+    if b is not None:
+        b = floating("logsumexp", "b", b)
+        try:
+            b = jnp.broadcast_to(b, x.shape)
+        except ValueError:
+            raise ValueError(f"logsumexp: b with shape {b.shape} does not broadcast to a's shape {x.shape}") from None
+    return x, axes, mask, b
+
+
+def _logsumexp_parts(x, axes, mask, b):
+    """(y with keepdims, e^(x − y)): the log-sum and the softmax weights of each entry."""
+    m, e, s = _shifted(x, axes, mask)
+    if b is not None:
+        s = jnp.sum(b * e, axis=axes, keepdims=True)
+    y = m + jnp.log(s)
+    return y
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 3, 4))
+def logsumexp(a: ArrayLike, axis: Axis = None, b: ArrayLike | None = None, keepdims: bool = False,
+              return_sign: bool = False, where: ArrayLike | None = None) -> Array:
+    r"""log Σ b·exp(a) over ``axis`` (None: all axes), with ``jax.nn.logsumexp``'s signature.
+
+    .. math:: y = \max a + \log \textstyle\sum b\, e^{a - \max a},        \bar a = \bar y ∘ b\, e^{a - y},        \bar b = \bar y ∘ e^{a - y}
+
+    b (default 1) are non-negative weights; ``return_sign=True`` (for negative weights) is not
+    supported and raises. Keeps a (the input), b and y (reduced). Masked entries get zero
+    gradients; a fully masked reduction gives y = −∞ and zero gradients.
+    """
+    x, axes, mask, w = _logsumexp_setup(a, axis, b, return_sign, where)
+    y = _logsumexp_parts(x, axes, mask, w)
+    return y if keepdims else jnp.squeeze(y, axis=axes)
+
+
+def _logsumexp_fwd(a, axis, b, keepdims, return_sign, where):
+    x, axes, mask, w = _logsumexp_setup(a, axis, b, return_sign, where)
+    y = _logsumexp_parts(x, axes, mask, w)
+    return (y if keepdims else jnp.squeeze(y, axis=axes)), (x, w, y, mask, Static(b is None or jnp.shape(b)))
+
+
+def _logsumexp_bwd(axis, keepdims, return_sign, res, g):
+    x, w, y, mask, b_shape = res
+    axes = _checks.axes("logsumexp", axis, x.ndim)
+    g = g if keepdims else jnp.expand_dims(g, axes)
+    finite = jnp.isfinite(y)
+    p = jnp.where(finite, jnp.exp(x - jnp.where(finite, y, 0)), 0)  # e^(a − y), 0 where y = ±∞
+    if mask is not None:
+        p = jnp.where(mask, p, 0)
+    a_bar = g * p if w is None else g * w * p
+    b_bar = None if w is None else unbroadcast(g * p, b_shape.value).astype(w.dtype)
+    return a_bar, b_bar, None
+
+
+logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
+
+
+# --- glu -------------------------------------------------------------------------------------
+
+def _halves(rule: str, x: Any, axis: int):
+    x = floating(rule, "x", x)
+    if x.ndim == 0:
+        raise ValueError(f"{rule}: x must have at least one dimension, got a scalar")
+    ax = _checks.axis(rule, axis, x.ndim)
+    if x.shape[ax] % 2:
+        raise ValueError(f"{rule}: x must have an even size along axis {axis}, got shape {x.shape}")
+    return x, ax
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def glu(x: ArrayLike, axis: int = -1) -> Array:
+    r"""Gated linear unit: x split in halves (a, b) along ``axis``, a gated by σ(b).
+
+    .. math:: y = a ∘ σ(b),        \bar a = \bar y ∘ σ(b),        \bar b = \bar y ∘ a ∘ σ(b)(1 - σ(b))
+
+    Keeps x (the input).
+    """
+    x, ax = _halves("glu", x, axis)
+    a, b = jnp.split(x, 2, axis=ax)
+    return a * lax.logistic(b)
+
+
+def _glu_fwd(x, axis):
+    return glu(x, axis), x
+
+
+def _glu_bwd(axis, x, g):
+    ax = axis % x.ndim
+    a, b = jnp.split(x, 2, axis=ax)
+    s = lax.logistic(b)
+    return (jnp.concatenate([g * s, g * a * s * (1 - s)], axis=ax),)
+
+
+glu.defvjp(_glu_fwd, _glu_bwd)
+
+
+# --- pair_product ----------------------------------------------------------------------------
+
+def _pairs(x: Array, ax: int) -> Array:
+    """x with ``ax`` moved last and split into (n/2, 2) pairs of neighbours."""
+    x = jnp.moveaxis(x, ax, -1)
+    return x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2))  # explicit sizes: x may have no elements
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def pair_product(x: ArrayLike, axis: int = -1) -> Array:
+    r"""Seed 003's layer of multiplicative combination: products of neighbouring pairs along ``axis``.
+
+    .. math:: y_i = x_{2i-1} x_{2i},        \bar x_{2i-1} = \bar y_i x_{2i},        \bar x_{2i} = \bar y_i x_{2i-1}
+
+    (1-based, as in the seed.) Each input's gradient is the other input times ȳ. Keeps x.
+    """
+    x, ax = _halves("pair_product", x, axis)
+    p = _pairs(x, ax)
+    return jnp.moveaxis(p[..., 0] * p[..., 1], -1, ax)
+
+
+def _pair_product_fwd(x, axis):
+    return pair_product(x, axis), x
+
+
+def _pair_product_bwd(axis, x, g):
+    ax = axis % x.ndim
+    p = _pairs(x, ax)
+    gl = jnp.moveaxis(g, ax, -1)[..., None]
+    xb = jnp.concatenate([gl * p[..., 1:], gl * p[..., :1]], axis=-1)
+    return (jnp.moveaxis(xb.reshape(xb.shape[:-2] + (2 * xb.shape[-2],)), -1, ax),)
+
+
+pair_product.defvjp(_pair_product_fwd, _pair_product_bwd)
