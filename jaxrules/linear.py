@@ -117,16 +117,16 @@ def dense(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None) -> Array:
 
 
 def _dense_fwd(x, W, b):
-    return dense(x, W, b), (x, W, Static(b is None))
+    return dense(x, W, b), (x, W, Static(None if b is None else jnp.result_type(b)))
 
 
 def _dense_bwd(res, g):
-    x, W, no_bias = res
+    x, W, b_dtype = res
     lead = tuple(range(x.ndim - 1))
     x_bar = jnp.matmul(g, W.T)
     W_bar = jnp.tensordot(x, g, axes=(lead, lead))  # Σ over the batch of xᵀ ȳ
-    b_bar = None if no_bias.value else jnp.sum(g, axis=lead)
-    return _like(x_bar, x), _like(W_bar, W), None if b_bar is None else b_bar.astype(g.dtype)
+    b_bar = None if b_dtype.value is None else jnp.sum(g, axis=lead).astype(b_dtype.value)
+    return _like(x_bar, x), _like(W_bar, W), b_bar
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
@@ -190,11 +190,11 @@ def conv(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None, strides: int | 
 
 
 def _conv_fwd(x, W, b, strides, padding, dilation):
-    return conv(x, W, b, strides, padding, dilation), (x, W, Static(b is None))
+    return conv(x, W, b, strides, padding, dilation), (x, W, Static(None if b is None else jnp.result_type(b)))
 
 
 def _conv_bwd(strides, padding, dilation, res, g):
-    x, W, no_bias = res
+    x, W, b_dtype = res
     n = W.ndim - 2
     sp = _SPATIAL[n]
     window = W.shape[:n]
@@ -211,7 +211,7 @@ def _conv_bwd(strides, padding, dilation, res, g):
                for i, o, st, k, dl, (lo, _) in zip(x.shape[1:-1], g.shape[1:-1], s, window, d, p))
     W_bar = lax.conv_general_dilated(x, g, d, tuple((lo, h) for (lo, _), h in zip(p, hi)), rhs_dilation=s,
                                      dimension_numbers=("C" + sp + "N", "I" + sp + "O", sp + "NC"))
-    b_bar = None if no_bias.value else jnp.sum(g, axis=tuple(range(g.ndim - 1)))
+    b_bar = None if b_dtype.value is None else jnp.sum(g, axis=tuple(range(g.ndim - 1))).astype(b_dtype.value)
     return _like(x_bar, x), _like(W_bar, W), b_bar
 
 

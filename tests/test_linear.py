@@ -61,3 +61,12 @@ def test_linear_rules_keep_only_their_inputs():
     assert residual_bytes(jr.dense, x, W, b) == x.nbytes + W.nbytes
     xc, Wc = jnp.ones((2, 8, 8, 3), jnp.float32), jnp.ones((3, 3, 3, 5), jnp.float32)
     assert residual_bytes(lambda x, W: jr.conv(x, W, None, 1, "SAME"), xc, Wc) == xc.nbytes + Wc.nbytes
+
+
+def test_mixed_dtypes_give_each_argument_its_own_cotangent_dtype():
+    x, W, b = jnp.ones((2, 3), jnp.float32), jnp.ones((3, 4), jnp.float64), jnp.ones(4, jnp.float32)
+    gx, gW, gb = jax.grad(lambda x, W, b: jr.dense(x, W, b).sum(), argnums=(0, 1, 2))(x, W, b)
+    assert (gx.dtype, gW.dtype, gb.dtype) == (jnp.float32, jnp.float64, jnp.float32)
+    xc, Wc, bc = jnp.ones((1, 4, 4, 2), jnp.float32), jnp.ones((2, 2, 2, 3), jnp.float64), jnp.ones(3, jnp.float32)
+    g = jax.grad(lambda x, W, b: jr.conv(x, W, b).sum(), argnums=(0, 1, 2))(xc, Wc, bc)
+    assert [v.dtype for v in g] == [jnp.float32, jnp.float64, jnp.float32]
