@@ -163,7 +163,8 @@ def _conv_settings(x, W, b, strides, padding, dilation):
 
 def _conv_forward(x, W, s, p, d):
     sp = _SPATIAL[W.ndim - 2]
-    return lax.conv_general_dilated(x, W, s, p, rhs_dilation=d,
+    dt = jnp.result_type(x, W)  # lax wants one dtype; mixed inputs are promoted, as jnp would
+    return lax.conv_general_dilated(x.astype(dt), W.astype(dt), s, p, rhs_dilation=d,
                                     dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
 
 
@@ -203,13 +204,15 @@ def _conv_bwd(strides, padding, dilation, res, g):
     p = _windows.pads("conv", padding, x.shape[1:-1], window, s, d)
     # x̄: ȳ dilated by the strides, padded, correlated with W flipped in space, in/out swapped
     tp = _windows.transpose_pads(x.shape[1:-1], window, s, g.shape[1:-1], p, d)
-    W_flip = jnp.flip(W, axis=tuple(range(n)))
+    dt = jnp.result_type(x, W, g)
+    xp, Wp, g = x.astype(dt), W.astype(dt), g.astype(dt)
+    W_flip = jnp.flip(Wp, axis=tuple(range(n)))
     x_bar = lax.conv_general_dilated(g, W_flip, (1,) * n, tp, lhs_dilation=s, rhs_dilation=d,
                                      dimension_numbers=("N" + sp + "C", sp + "OI", "N" + sp + "C"))
     # W̄: x correlated with ȳ, the batch axis contracted (in_features play the batch's part)
     hi = tuple(((o - 1) * st + 1 - i) + ((k - 1) * dl + 1 - lo - 1)
                for i, o, st, k, dl, (lo, _) in zip(x.shape[1:-1], g.shape[1:-1], s, window, d, p))
-    W_bar = lax.conv_general_dilated(x, g, d, tuple((lo, h) for (lo, _), h in zip(p, hi)), rhs_dilation=s,
+    W_bar = lax.conv_general_dilated(xp, g, d, tuple((lo, h) for (lo, _), h in zip(p, hi)), rhs_dilation=s,
                                      dimension_numbers=("C" + sp + "N", "I" + sp + "O", sp + "NC"))
     b_bar = None if b_dtype.value is None else jnp.sum(g, axis=tuple(range(g.ndim - 1))).astype(b_dtype.value)
     return _like(x_bar, x), _like(W_bar, W), b_bar
