@@ -242,6 +242,17 @@ def _int_ce_setup(logits, labels, axis, where):
     return z, labels, ax, mask
 
 
+def _int_ce_forward(z, c, ax, mask):
+    """(per-example loss, logsumexp with keepdims): NaN for labels out of range, 0 for fully masked rows."""
+    m, _, s = _shifted(z, (ax,), mask)
+    lse = m + jnp.log(s)
+    picked = jnp.take_along_axis(z, jnp.expand_dims(jnp.clip(c, 0, z.shape[ax] - 1), ax), axis=ax)
+    loss = jnp.where((c >= 0) & (c < z.shape[ax]), jnp.squeeze(lse - picked, ax), jnp.nan)
+    if mask is not None:
+        loss = jnp.where(jnp.any(mask, axis=ax), loss, 0.0)
+    return loss, lse
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
                                               where: ArrayLike | None = None) -> Array:
@@ -253,21 +264,13 @@ def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLi
     cotangent (JAX's float0 under ``jax.grad``). A label outside [0, classes) gives a NaN loss
     rather than a silently wrong number. Rows with every class masked out give loss 0.
     """
-    z, c, ax, mask = _int_ce_setup(logits, labels, axis, where)
-    m, _, s = _shifted(z, (ax,), mask)
-    lse = jnp.squeeze(m + jnp.log(s), ax)
-    picked = jnp.squeeze(jnp.take_along_axis(z, jnp.expand_dims(jnp.clip(c, 0, z.shape[ax] - 1), ax), axis=ax), ax)
-    loss = jnp.where((c >= 0) & (c < z.shape[ax]), lse - picked, jnp.nan)
-    if mask is not None:
-        loss = jnp.where(jnp.any(mask, axis=ax), loss, 0.0)
-    return loss
+    return _int_ce_forward(*_int_ce_setup(logits, labels, axis, where))[0]
 
 
 def _int_ce_fwd(logits, labels, axis, where):
     z, c, ax, mask = _int_ce_setup(logits, labels, axis, where)
-    m, _, s = _shifted(z, (ax,), mask)
-    loss = softmax_cross_entropy_with_integer_labels(logits, labels, axis, where)
-    return loss, (z, c, m + jnp.log(s), mask)
+    loss, lse = _int_ce_forward(z, c, ax, mask)
+    return loss, (z, c, lse, mask)
 
 
 def _int_ce_bwd(axis, res, g):

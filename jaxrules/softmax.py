@@ -90,6 +90,13 @@ def softmax_backward(y_bar: ArrayLike, y: ArrayLike, axis: Axis = -1) -> Array:
 
 # --- log_softmax -----------------------------------------------------------------------------
 
+def _log_softmax_forward(x, axes, mask):
+    """log softmax over axes; -inf where masked (and everywhere in a fully masked row)."""
+    m, _, s = _shifted(x, axes, mask)
+    y = x - m - jnp.log(s)
+    return y if mask is None else jnp.where(mask, y, -jnp.inf)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
     r"""Log-softmax along ``axis``, saving only its output (and the mask, if given).
@@ -98,15 +105,12 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
 
     e^y is the softmax, so y suffices. Masked entries get y = −∞ and x̄ = 0.
     """
-    x, axes, mask = _setup("log_softmax", x, axis, where)
-    m, _, s = _shifted(x, axes, mask)
-    y = x - m - jnp.log(s)
-    return y if mask is None else jnp.where(mask, y, -jnp.inf)
+    return _log_softmax_forward(*_setup("log_softmax", x, axis, where))
 
 
 def _log_softmax_fwd(x, axis, where):
-    y = log_softmax(x, axis, where)
-    _, _, mask = _setup("log_softmax", x, axis, where)
+    x, axes, mask = _setup("log_softmax", x, axis, where)
+    y = _log_softmax_forward(x, axes, mask)
     return y, (y, mask)
 
 
