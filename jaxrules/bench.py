@@ -7,6 +7,9 @@ Tables (``--only`` picks some):
 * ``step``: one optax training step of an MLP 784-1024-1024-10 (batch 256, float32) built from
   jaxrules rules, against the same network in jax.nn + optax differentiated by jax (and PyTorch
   eager when torch is importable); achieved GFLOP/s against a matmul peak measured in the same run.
+* ``fused``: XLA's compiled temp memory and the time of ``jit(value_and_grad(...))`` for the fused
+  rules (linear + softmax cross-entropy at N=4096, D=512, V=32768; attention at batch 1, length
+  4096, 4 heads, head_dim 64) against the plain formula differentiated by jax.
 
 Times, where a table has them, are medians of ratios of interleaved runs on this (shared, noisy)
 machine, never a single absolute time.
@@ -190,7 +193,63 @@ def print_step(repeats: int = 15, n: int = 10, batch: int = 256, out: Callable[[
     return ok and gf_ours / peak >= 0.8
 
 
-TABLES: dict[str, Callable[..., bool]] = {"residuals": print_residuals, "step": print_step}
+# --- fused rules: compiled memory and time ---------------------------------------------------
+
+def fused_cases():
+    """{name: (ours, plain, args)}: loss functions of the differentiated arguments, at the issue's sizes."""
+    import optax
+    import jaxrules as jr
+    k = jax.random.split(jax.random.key(0), 6)
+    n, d, v = 4096, 512, 32768
+    x = jax.random.normal(k[0], (n, d), jnp.float32)
+    W = jax.random.normal(k[1], (d, v), jnp.float32) * 0.02
+    labels = jax.random.randint(k[2], (n,), 0, v)
+    t, heads, hd = 4096, 4, 64
+    q, kk, vv = (jax.random.normal(kj, (1, t, heads, hd), jnp.float32) for kj in k[3:])
+
+    def plain_attention(q, k, v):
+        s = jnp.einsum("btnh,bsnh->bnts", q, k) / hd ** 0.5
+        return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(s, axis=-1), v)
+    return {
+        "linear_softmax_cross_entropy (N=4096, D=512, V=32768)": (
+            lambda x, W: jr.linear_softmax_cross_entropy(x, W, labels).mean(),
+            lambda x, W: optax.softmax_cross_entropy_with_integer_labels(x @ W, labels).mean(), (x, W)),
+        "dot_product_attention (B=1, T=4096, 4 heads, head_dim 64)": (
+            lambda q, k, v: jr.dot_product_attention(q, k, v).sum(),
+            lambda q, k, v: plain_attention(q, k, v).sum(), (q, kk, vv)),
+    }
+
+
+def compiled(f: Callable, args: tuple) -> tuple[Callable, int]:
+    """jit(value_and_grad(f)) over all args, compiled; and XLA's temp bytes for it."""
+    c = jax.jit(jax.value_and_grad(f, argnums=tuple(range(len(args))))).lower(*args).compile()
+    return c, c.memory_analysis().temp_size_in_bytes
+
+
+def print_fused(repeats: int = 5, out: Callable[[str], None] = print) -> bool:
+    out("## Fused rules: temp memory and time of jit(value_and_grad), float32\n")
+    out("| rule | jaxrules temp MB | plain temp MB | memory ratio | time ratio (median of interleaved) |")
+    out("| --- | ---: | ---: | ---: | ---: |")
+    ok = True
+    targets = {"linear": (64 * 2 ** 20, None, 1.0), "dot_product": (None, 8.0, 1.3)}
+    for name, (ours, plain, args) in fused_cases().items():
+        (co, mo), (cp, mp) = compiled(ours, args), compiled(plain, args)
+        jax.block_until_ready((co(*args), cp(*args)))
+        ratios = []
+        for _ in range(repeats):
+            to = _time(lambda: co(*args), 1)
+            tp = _time(lambda: cp(*args), 1)
+            ratios.append(to / tp)
+        r = statistics.median(ratios)
+        out(f"| {name} | {mo / 2 ** 20:.0f} | {mp / 2 ** 20:.0f} | {mp / mo:.1f}x less | {r:.2f} |")
+        cap, factor, time_cap = next(v for k, v in targets.items() if name.startswith(k))
+        ok &= (cap is None or mo <= cap) and (factor is None or mp / mo >= factor) and r <= time_cap
+    out("\nTargets: cross-entropy temp <= 64 MB and time <= 1.0x; attention memory >= 8x less and "
+        f"time <= 1.3x: {'hold' if ok else 'NOT all met'}\n")
+    return ok
+
+
+TABLES: dict[str, Callable[..., bool]] = {"residuals": print_residuals, "step": print_step, "fused": print_fused}
 
 
 def main(argv: list[str] | None = None) -> int:

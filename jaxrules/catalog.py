@@ -199,6 +199,52 @@ def _conv_reference(strides=1, padding="VALID", dilation=1):
     return reference
 
 
+def _linear_xent_sample(key, case, dtype):
+    """(x, W, labels, b[, where]) for linear_softmax_cross_entropy; case = (N, D, V, bias?, mask?)."""
+    n, d, v, bias, masked = case
+    k = jax.random.split(key, 5)
+    out = (jax.random.normal(k[0], (n, d), jnp.float32).astype(dtype),
+           jax.random.normal(k[1], (d, v), jnp.float32).astype(dtype),
+           jax.random.randint(k[2], (n,), 0, v).astype(jnp.int32),
+           jax.random.normal(k[3], (v,), jnp.float32).astype(dtype) if bias else None)
+    return out + ((jnp.arange(n) % 3 != 1,) if masked else ())
+
+
+def _linear_xent_reference(x, W, labels, b, where=None):
+    loss = optax.softmax_cross_entropy_with_integer_labels(x @ W if b is None else x @ W + b, labels)
+    return loss if where is None else jnp.where(where, loss, 0)
+
+
+def _attention_sample(key, case, dtype):
+    """(query, key, value, bias, mask); case = (q shape, kv shape, bias shape or None, mask shape or None).
+
+    Masks keep the first key of every row, so no row is fully masked (tested on its own)."""
+    qs, ks, bs, ms = case
+    k = jax.random.split(key, 5)
+    q, kk, v = (jax.random.normal(kj, sh, jnp.float32).astype(dtype) for kj, sh in zip(k, (qs, ks, ks)))
+    bias = None if bs is None else jax.random.normal(k[3], bs, jnp.float32).astype(dtype)
+    mask = None if ms is None else jax.random.bernoulli(k[4], 0.7, ms).at[..., 0].set(True)
+    return q, kk, v, bias, mask
+
+
+def plain_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False):
+    """softmax(s QKᵀ + bias) V, written out with jnp and differentiated by jax (the float64 reference)."""
+    if query.ndim == 3:
+        return plain_attention(query[None], key[None], value[None], bias, mask, scale=scale, is_causal=is_causal)[0]
+    groups = query.shape[2] // key.shape[2]
+    key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
+    scale = 1 / query.shape[-1] ** 0.5 if scale is None else scale
+    s = jnp.einsum("btnh,bsnh->bnts", query, key) * scale
+    if bias is not None:
+        s = s + bias
+    live = jnp.ones(s.shape, bool)
+    if mask is not None:
+        live = live & mask
+    if is_causal:
+        live = live & jnp.tril(jnp.ones(s.shape[-2:], bool))
+    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(jnp.where(live, s, -jnp.inf), axis=-1), value)
+
+
 def _with(fn, settings: dict):
     return partial(fn, **settings) if settings else fn
 
@@ -359,6 +405,28 @@ RULES: tuple[Rule, ...] = (
     Rule("sigmoid_binary_cross_entropy", jr.sigmoid_binary_cross_entropy, optax.sigmoid_binary_cross_entropy,
          "optax.sigmoid_binary_cross_entropy", "losses", _logits_and_bits, "z̄ = ℓ̄ ∘ (σ(z) − d)", "z, d",
          cases=((4, 5), (7,)), settings="integer labels"),
+    # memory-lean fused rules
+    Rule("linear_softmax_cross_entropy", lambda x, W, c, b: jr.linear_softmax_cross_entropy(x, W, c, b, chunk_size=4),
+         _linear_xent_reference, "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "fused",
+         _linear_xent_sample, "x̄ = z̄ Wᵀ, W̄ = xᵀ z̄, b̄ = Σ z̄, z̄ = ℓ̄ ∘ (softmax(z) − onehot(c)), chunk by chunk",
+         "x, W, b, c, logsumexp (N)", cases=((6, 5, 11, True, False), (3, 4, 8, False, False), (1, 3, 2, True, False),
+                                             (0, 3, 5, True, False)), settings="chunk_size=4"),
+    Rule("linear_softmax_cross_entropy",
+         lambda x, W, c, b, w: jr.linear_softmax_cross_entropy(x, W, c, b, where=w, chunk_size=4),
+         _linear_xent_reference, "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "fused",
+         _linear_xent_sample, "as above; masked rows: 0", "x, W, b, c, logsumexp (N)",
+         cases=((6, 5, 11, True, True),), settings="chunk_size=4, where=rows"),
+    Rule("dot_product_attention", lambda q, k, v, b, m: jr.dot_product_attention(q, k, v, b, m, block_size=3),
+         plain_attention, "softmax(s QKᵀ + bias) V (jnp)", "fused", _attention_sample,
+         "V̄ = Pᵀ Ō, S̄ = P ∘ (Ō Vᵀ − rowsum(Ō ∘ O)), Q̄ = s S̄ K, K̄ = s S̄ᵀ Q, bias̄ = S̄, block by block",
+         "q, k, v, O, logsumexp (rows)",
+         cases=(((2, 5, 4, 3), (2, 7, 2, 3), (1, 4, 5, 7), (2, 1, 5, 7)), ((2, 5, 2, 3), (2, 6, 2, 3), None, None),
+                ((5, 2, 3), (7, 2, 3), (5, 1), None)), settings="block_size=3"),
+    Rule("dot_product_attention", lambda q, k, v, b, m: jr.dot_product_attention(q, k, v, b, m, is_causal=True,
+                                                                                  block_size=2),
+         partial(plain_attention, is_causal=True), "softmax(s QKᵀ + bias) V (jnp)", "fused", _attention_sample,
+         "as above, keys j ≤ i", "q, k, v, O, logsumexp (rows)",
+         cases=(((1, 5, 2, 3), (1, 5, 2, 3), None, None),), settings="is_causal=True, block_size=2"),
 )
 
 
