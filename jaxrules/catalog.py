@@ -270,6 +270,10 @@ def _act(name: str, pullback: str, saves: str, kinks: tuple[float, ...] = (), se
 
 # --- the table -------------------------------------------------------------------------------
 
+# The fused rules loop with lax.scan; op by op, every scan is traced and compiled anew, so their
+# primal and VJP are checked in one compilation (jit, vmap, grad of grad and finite differences run).
+_SCAN_CHECKS = {"eager": False}
+
 _LOW_PRECISION = {np.dtype(jnp.float16): (2e-2, 4e-3), np.dtype(jnp.bfloat16): (8e-2, 2e-2)}
 
 RULES: tuple[Rule, ...] = (
@@ -410,23 +414,24 @@ RULES: tuple[Rule, ...] = (
          _linear_xent_reference, "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "fused",
          _linear_xent_sample, "x̄ = z̄ Wᵀ, W̄ = xᵀ z̄, b̄ = Σ z̄, z̄ = ℓ̄ ∘ (softmax(z) − onehot(c)), chunk by chunk",
          "x, W, b, c, logsumexp (N)", cases=((6, 5, 11, True, False), (3, 4, 8, False, False), (1, 3, 2, True, False),
-                                             (0, 3, 5, True, False)), settings="chunk_size=4"),
+                                             (0, 3, 5, True, False)), settings="chunk_size=4", checks=_SCAN_CHECKS),
     Rule("linear_softmax_cross_entropy",
          lambda x, W, c, b, w: jr.linear_softmax_cross_entropy(x, W, c, b, where=w, chunk_size=4),
          _linear_xent_reference, "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "fused",
          _linear_xent_sample, "as above; masked rows: 0", "x, W, b, c, logsumexp (N)",
-         cases=((6, 5, 11, True, True),), settings="chunk_size=4, where=rows"),
+         cases=((6, 5, 11, True, True),), settings="chunk_size=4, where=rows", checks=_SCAN_CHECKS),
     Rule("dot_product_attention", lambda q, k, v, b, m: jr.dot_product_attention(q, k, v, b, m, block_size=3),
          plain_attention, "softmax(s QKᵀ + bias) V (jnp)", "fused", _attention_sample,
          "V̄ = Pᵀ Ō, S̄ = P ∘ (Ō Vᵀ − rowsum(Ō ∘ O)), Q̄ = s S̄ K, K̄ = s S̄ᵀ Q, bias̄ = S̄, block by block",
          "q, k, v, O, logsumexp (rows)",
          cases=(((2, 5, 4, 3), (2, 7, 2, 3), (1, 4, 5, 7), (2, 1, 5, 7)), ((5, 2, 3), (7, 2, 3), (5, 1), None)),
-         settings="block_size=3"),
+         settings="block_size=3", checks=_SCAN_CHECKS),
     Rule("dot_product_attention", lambda q, k, v, b, m: jr.dot_product_attention(q, k, v, b, m, is_causal=True,
                                                                                   block_size=2),
          partial(plain_attention, is_causal=True), "softmax(s QKᵀ + bias) V (jnp)", "fused", _attention_sample,
          "as above, keys j ≤ i", "q, k, v, O, logsumexp (rows)",
-         cases=(((1, 5, 2, 3), (1, 5, 2, 3), None, None),), settings="is_causal=True, block_size=2"),
+         cases=(((1, 5, 2, 3), (1, 5, 2, 3), None, None),), settings="is_causal=True, block_size=2",
+         checks=_SCAN_CHECKS),
 )
 
 
