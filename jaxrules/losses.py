@@ -279,8 +279,14 @@ def _int_ce_bwd(axis, res, g):
     p = jnp.exp(z - jnp.where(jnp.isfinite(lse), lse, 0))
     if mask is not None:
         p = jnp.where(mask, p, 0)
-    onehot = jnp.arange(z.shape[ax]).reshape((-1,) + (1,) * (z.ndim - ax - 1)) == jnp.expand_dims(c, ax)
-    z_bar = jnp.expand_dims(g, ax) * (p - onehot.astype(z.dtype))
+    g = jnp.expand_dims(g, ax)
+    # softmax(z)·ℓ̄, then −ℓ̄ scattered onto each label: a scatter of one value per row, cheaper in
+    # a network than subtracting a dense one-hot (measured in the training-step benchmark)
+    z_bar = jnp.moveaxis(g * p, ax, -1)
+    flat = z_bar.reshape(-1, z.shape[ax])
+    rows = jnp.arange(flat.shape[0])
+    flat = flat.at[rows, c.reshape(-1)].add(-jnp.moveaxis(g, ax, -1).reshape(-1), mode="drop")
+    z_bar = jnp.moveaxis(flat.reshape(z_bar.shape), -1, ax)
     if mask is not None:
         z_bar = jnp.where(jnp.any(mask, axis=ax, keepdims=True), z_bar, 0)
     return z_bar.astype(z.dtype), None, None
