@@ -144,7 +144,7 @@ def _torch_step(batch: int, sizes: tuple[int, ...]):
     return step
 
 
-def print_step(repeats: int = 15, n: int = 10, batch: int = 256, out: Callable[[str], None] = print) -> bool:
+def print_step(repeats: int = 41, n: int = 5, batch: int = 256, out: Callable[[str], None] = print) -> bool:
     sizes = MLP_SIZES
     flops = 6 * batch * sum(m * k for m, k in zip(sizes[:-1], sizes[1:]))  # forward + x̄ + W̄ products
     runs = {}
