@@ -12,7 +12,7 @@ weights: x̄ is a transposed convolution of ȳ with W, W̄ a correlation of x wi
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
