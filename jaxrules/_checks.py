@@ -65,3 +65,22 @@ def axes(rule: str, ax: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
             raise ValueError(f"{rule}: {name}={tuple(ax)} repeats an axis")
         return out
     return (axis(rule, ax, ndim, name),)
+
+
+def mask(rule: str, where: Any, shape: tuple[int, ...], missing: tuple[int, ...] | None = None) -> jax.Array | None:
+    """A boolean ``where`` broadcast to ``shape`` (None stays None), or an error naming the rule.
+
+    ``missing``: axes a mask of lower rank lacks (optax's losses accept a mask without the class
+    axis); they are inserted before broadcasting.
+    """
+    if where is None:
+        return None
+    m = jnp.asarray(where)
+    if m.dtype != jnp.bool_:
+        raise TypeError(f"{rule}: where must be a boolean mask, got dtype {m.dtype}")
+    if missing is not None and m.ndim == len(shape) - len(missing):
+        m = jnp.expand_dims(m, missing)
+    try:
+        return jnp.broadcast_to(m, shape)
+    except ValueError:
+        raise ValueError(f"{rule}: where with shape {jnp.shape(where)} does not broadcast to {shape}") from None

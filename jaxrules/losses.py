@@ -108,15 +108,7 @@ def _kl_setup(log_predictions, targets, axis, where):
     t = floating("kl_divergence", "targets", targets)
     _same_shape("kl_divergence", "log_predictions", lp, "targets", t)
     axes = _checks.axes("kl_divergence", axis, lp.ndim)
-    mask = None
-    if where is not None:
-        mask = jnp.asarray(where)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"kl_divergence: where must be a boolean mask, got dtype {mask.dtype}")
-        if mask.ndim != lp.ndim and len(axes) == 1:  # optax: a mask without the class axis
-            mask = jnp.expand_dims(mask, axes)
-        mask = jnp.broadcast_to(mask, lp.shape)
-    return lp, t, axes, mask
+    return lp, t, axes, _checks.mask("kl_divergence", where, lp.shape, missing=axes)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -162,9 +154,8 @@ def _ce_setup(logits, labels, axis, where):
     z = floating("softmax_cross_entropy", "logits", logits)
     d = floating("softmax_cross_entropy", "labels", labels)
     _same_shape("softmax_cross_entropy", "logits", z, "labels", d)
-    if where is not None and jnp.ndim(where) != z.ndim and isinstance(axis, int):
-        where = jnp.expand_dims(jnp.asarray(where), axis)  # optax: a mask without the class axis
-    return _setup("softmax_cross_entropy", z, axis, where) + (d,)
+    z, axes, _ = _setup("softmax_cross_entropy", z, axis, None)
+    return z, axes, _checks.mask("softmax_cross_entropy", where, z.shape, missing=axes), d
 
 
 def _ce_forward(z, axes, mask, d):
@@ -231,15 +222,7 @@ def _int_ce_setup(logits, labels, axis, where):
     if labels.shape != want:
         raise ValueError(f"{rule}: labels must have the logits' shape {z.shape} without the class axis "
                          f"{axis}, i.e. {want}, got {labels.shape}")
-    mask = None
-    if where is not None:
-        mask = jnp.asarray(where)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"{rule}: where must be a boolean mask, got dtype {mask.dtype}")
-        if mask.ndim != z.ndim:
-            mask = jnp.expand_dims(mask, ax)
-        mask = jnp.broadcast_to(mask, z.shape)
-    return z, labels, ax, mask
+    return z, labels, ax, _checks.mask(rule, where, z.shape, missing=(ax,))
 
 
 def _int_ce_forward(z, c, ax, mask):

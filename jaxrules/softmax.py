@@ -33,16 +33,7 @@ def _setup(rule: str, x: Any, axis: Axis, where: Any):
     """x as a float array, the reduced axes, and the mask broadcast to x's shape (or None)."""
     x = floating(rule, "x", x)
     axes = _checks.axes(rule, axis, x.ndim)
-    if where is None:
-        return x, axes, None
-    mask = jnp.asarray(where)
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"{rule}: where must be a boolean mask, got dtype {mask.dtype}")
-    try:
-        mask = jnp.broadcast_to(mask, x.shape)
-    except ValueError:
-        raise ValueError(f"{rule}: where with shape {mask.shape} does not broadcast to x's shape {x.shape}") from None
-    return x, axes, mask
+    return x, axes, _checks.mask(rule, where, x.shape)
 
 
 def _shifted(x: Array, axes: tuple[int, ...], mask: Array | None):

@@ -43,8 +43,10 @@ def default_tolerance(dtype: Any) -> tuple[float, float]:
 
 
 def _is_float(x: Any) -> bool:
-    return x is not None and not isinstance(x, (bool, str)) and hasattr(jnp.result_type(x), "kind") \
-        and jnp.issubdtype(jnp.result_type(x), jnp.floating) and not _is_key(x)
+    """A floating-point array or Python float: the arguments check_rule differentiates by default."""
+    if x is None or isinstance(x, (bool, str)) or _is_key(x):
+        return False
+    return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
 def _is_key(x: Any) -> bool:
