@@ -34,7 +34,7 @@ class Rule:
 
     name: the public name (``jr.<name>``); settings: the static settings bound in ``fn``, if any.
     fn / reference: our rule and the independent reference, with the same settings bound.
-    sample: ``(key, case, dtype) -> args``, keeping away from kinks and ties.
+    sample: ``(seed, case, dtype) -> args`` (seed an int), keeping away from kinks and ties.
     cases: the cases (shapes) every dtype is tested on; the first is the main one.
     pullback / saves: the math shown in the README, and what the backward keeps.
     tol: per-dtype (rtol, atol) overrides of ``jaxrules.testing.default_tolerance``.
@@ -47,7 +47,7 @@ class Rule:
     reference: Callable[..., Any]
     reference_name: str
     module: str
-    sample: Callable[[jax.Array, Case, Any], tuple[Any, ...]]
+    sample: Callable[[int, Case, Any], tuple[Any, ...]]
     pullback: str
     saves: str
     cases: tuple[Case, ...] = ELEMENTWISE_CASES
@@ -66,30 +66,40 @@ class Rule:
 
 
 # --- samplers --------------------------------------------------------------------------------
+# Samplers draw with NumPy, seeded by an int: no compilation per shape and dtype (with jax.random,
+# sampling cost as much as checking).
+
+def _array(x: np.ndarray, dtype: Any) -> jax.Array:
+    """A NumPy draw as a JAX array of dtype (via float32 for the half-precision types)."""
+    x = np.asarray(x)
+    if np.dtype(dtype) in (np.dtype(jnp.bfloat16), np.dtype(jnp.float16)):
+        x = x.astype(np.float32)
+    return jnp.asarray(x, dtype)
+
 
 def away_from(*kinks: float, low: float = -4.0, high: float = 4.0, gap: float = 0.1):
     """Sampler of one array, uniform in [low, high] but at least ``gap`` from every kink."""
-    def sample(key, shape, dtype):
-        x = jax.random.uniform(key, shape, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32, low, high)
+    def sample(seed, shape, dtype):
+        x = np.random.default_rng(seed).uniform(low, high, shape)
         for k in kinks:
-            x = jnp.where(jnp.abs(x - k) < gap, k + gap * jnp.where(x >= k, 1.0, -1.0), x)
-        return (x.astype(dtype),)
+            x = np.where(np.abs(x - k) < gap, k + gap * np.where(x >= k, 1.0, -1.0), x)
+        return (_array(x, dtype),)
     return sample
 
 
 def _pair(low: float = -3.0, high: float = 3.0, y_away_from_zero: bool = False):
-    def sample(key, shapes, dtype):
-        kx, ky = jax.random.split(key)
-        x = jax.random.uniform(kx, shapes[0], dtype, low, high)
-        y = jax.random.uniform(ky, shapes[1], dtype, low, high)
+    def sample(seed, shapes, dtype):
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(low, high, shapes[0])
+        y = rng.uniform(low, high, shapes[1])
         if y_away_from_zero:
-            y = jnp.where(y >= 0, y + 0.5, y - 0.5).astype(dtype)
-        return x, y
+            y = np.where(y >= 0, y + 0.5, y - 0.5)
+        return _array(x, dtype), _array(y, dtype)
     return sample
 
 
-def _rrelu_sample(key, shape, dtype):
-    (x,) = away_from(0.0)(key, shape, dtype)
+def _rrelu_sample(seed, shape, dtype):
+    (x,) = away_from(0.0)(seed, shape, dtype)
     return x, jax.random.key(7)
 
 
@@ -103,66 +113,66 @@ def _rrelu_reference(lower, upper, training):
 
 def _normal(*shapes_of: int, scale: float = 1.0):
     """Sampler of several normal arrays, with the case giving their shapes (None for an absent arg)."""
-    def sample(key, shapes, dtype):
-        keys = jax.random.split(key, len(shapes))
-        return tuple(None if sh is None else (scale * jax.random.normal(k, sh, jnp.float32)).astype(dtype)
-                     for k, sh in zip(keys, shapes))
+    def sample(seed, shapes, dtype):
+        rng = np.random.default_rng(seed)
+        return tuple(None if sh is None else _array(scale * rng.standard_normal(sh), dtype) for sh in shapes)
     return sample
 
 
-def distinct(key, shape, dtype):
+def distinct(seed, shape, dtype):
     """Tie-free values: a permutation of k/8 for k = 0..n-1, centred (exact in bfloat16 for n <= 256)."""
     n = int(np.prod(shape, dtype=np.int64))
-    v = (jax.random.permutation(key, n).astype(jnp.float32) - n / 2) / 8
-    return (v.reshape(shape).astype(dtype),)
+    v = (np.random.default_rng(seed).permutation(n) - n / 2) / 8
+    return (_array(v.reshape(shape), dtype),)
 
 
-def _masked(key, shape, dtype):
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True)) if z.size else z
+    return e / e.sum(axis=-1, keepdims=True) if z.size else z
+
+
+def _masked(seed, shape, dtype):
     """(x, where): normal logits and a mask with about a third masked out and the first row fully masked."""
-    kx, km = jax.random.split(key)
-    x = jax.random.normal(kx, shape, jnp.float32).astype(dtype)
-    w = jax.random.bernoulli(km, 2 / 3, shape)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    w = rng.uniform(size=shape) < 2 / 3
     if len(shape) >= 2 and shape[0] > 0:
-        w = w.at[0].set(False)
-    return x, w
+        w[0] = False
+    return _array(x, dtype), jnp.asarray(w)
 
 
-def _distribution(key, shape, dtype):
+def _distribution(seed, shape, dtype):
     """(log_predictions, targets): log of one distribution, and another distribution, along the last axis."""
-    k1, k2 = jax.random.split(key)
-    return (jax.nn.log_softmax(jax.random.normal(k1, shape, jnp.float32)).astype(dtype),
-            jax.nn.softmax(jax.random.normal(k2, shape, jnp.float32)).astype(dtype))
+    rng = np.random.default_rng(seed)
+    return (_array(np.log(_softmax(rng.standard_normal(shape))), dtype),
+            _array(_softmax(rng.standard_normal(shape)), dtype))
 
 
-def _logits_and_distribution(key, shape, dtype):
-    k1, k2 = jax.random.split(key)
-    return (jax.random.normal(k1, shape, jnp.float32).astype(dtype),
-            jax.nn.softmax(jax.random.normal(k2, shape, jnp.float32)).astype(dtype))
+def _logits_and_distribution(seed, shape, dtype):
+    rng = np.random.default_rng(seed)
+    return _array(rng.standard_normal(shape), dtype), _array(_softmax(rng.standard_normal(shape)), dtype)
 
 
-def _logits_and_weights(key, shapes, dtype):
+def _logits_and_weights(seed, shapes, dtype):
     """(a, b): normal logits of shapes[0] and positive weights of shapes[1] for logsumexp."""
-    k1, k2 = jax.random.split(key)
-    return (jax.random.normal(k1, shapes[0], jnp.float32).astype(dtype),
-            jax.random.uniform(k2, shapes[1], jnp.float32, 0.5, 2.0).astype(dtype))
+    rng = np.random.default_rng(seed)
+    return _array(rng.standard_normal(shapes[0]), dtype), _array(rng.uniform(0.5, 2.0, shapes[1]), dtype)
 
 
-def _logits_and_classes(key, shape, dtype):
-    k1, k2 = jax.random.split(key)
-    return (jax.random.normal(k1, shape, jnp.float32).astype(dtype),
-            jax.random.randint(k2, shape[:-1], 0, shape[-1]).astype(jnp.int32))
+def _logits_and_classes(seed, shape, dtype):
+    rng = np.random.default_rng(seed)
+    return (_array(rng.standard_normal(shape), dtype),
+            jnp.asarray(rng.integers(0, max(shape[-1], 1), shape[:-1]), jnp.int32))
 
 
-def _logits_and_probabilities(key, shape, dtype):
-    k1, k2 = jax.random.split(key)
-    return (2 * jax.random.normal(k1, shape, jnp.float32).astype(dtype),
-            jax.random.uniform(k2, shape, jnp.float32).astype(dtype))
+def _logits_and_probabilities(seed, shape, dtype):
+    rng = np.random.default_rng(seed)
+    return _array(2 * rng.standard_normal(shape), dtype), _array(rng.uniform(size=shape), dtype)
 
 
-def _logits_and_bits(key, shape, dtype):
-    k1, k2 = jax.random.split(key)
-    return (2 * jax.random.normal(k1, shape, jnp.float32).astype(dtype),
-            jax.random.bernoulli(k2, 0.5, shape).astype(jnp.int32))
+def _logits_and_bits(seed, shape, dtype):
+    rng = np.random.default_rng(seed)
+    return _array(2 * rng.standard_normal(shape), dtype), jnp.asarray(rng.integers(0, 2, shape), jnp.int32)
 
 
 def _window_reference(op: str, window_shape, strides=None, padding="VALID", count_include_pad=True):
@@ -199,15 +209,13 @@ def _conv_reference(strides=1, padding="VALID", dilation=1):
     return reference
 
 
-def _linear_xent_sample(key, case, dtype):
+def _linear_xent_sample(seed, case, dtype):
     """(x, W, labels, b[, where]) for linear_softmax_cross_entropy; case = (N, D, V, bias?, mask?)."""
     n, d, v, bias, masked = case
-    k = jax.random.split(key, 5)
-    out = (jax.random.normal(k[0], (n, d), jnp.float32).astype(dtype),
-           jax.random.normal(k[1], (d, v), jnp.float32).astype(dtype),
-           jax.random.randint(k[2], (n,), 0, v).astype(jnp.int32),
-           jax.random.normal(k[3], (v,), jnp.float32).astype(dtype) if bias else None)
-    return out + ((jnp.arange(n) % 3 != 1,) if masked else ())
+    rng = np.random.default_rng(seed)
+    out = (_array(rng.standard_normal((n, d)), dtype), _array(rng.standard_normal((d, v)), dtype),
+           jnp.asarray(rng.integers(0, v, n), jnp.int32), _array(rng.standard_normal(v), dtype) if bias else None)
+    return out + ((jnp.asarray(np.arange(n) % 3 != 1),) if masked else ())
 
 
 def _linear_xent_reference(x, W, labels, b, where=None):
@@ -215,16 +223,19 @@ def _linear_xent_reference(x, W, labels, b, where=None):
     return loss if where is None else jnp.where(where, loss, 0)
 
 
-def _attention_sample(key, case, dtype):
+def _attention_sample(seed, case, dtype):
     """(query, key, value, bias, mask); case = (q shape, kv shape, bias shape or None, mask shape or None).
 
     Masks keep the first key of every row, so no row is fully masked (tested on its own)."""
     qs, ks, bs, ms = case
-    k = jax.random.split(key, 5)
-    q, kk, v = (jax.random.normal(kj, sh, jnp.float32).astype(dtype) for kj, sh in zip(k, (qs, ks, ks)))
-    bias = None if bs is None else jax.random.normal(k[3], bs, jnp.float32).astype(dtype)
-    mask = None if ms is None else jax.random.bernoulli(k[4], 0.7, ms).at[..., 0].set(True)
-    return q, kk, v, bias, mask
+    rng = np.random.default_rng(seed)
+    q, kk, v = (_array(rng.standard_normal(sh), dtype) for sh in (qs, ks, ks))
+    bias = None if bs is None else _array(rng.standard_normal(bs), dtype)
+    if ms is None:
+        return q, kk, v, bias, None
+    mask = rng.uniform(size=ms) < 0.7
+    mask[..., 0] = True
+    return q, kk, v, bias, jnp.asarray(mask)
 
 
 def plain_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False):

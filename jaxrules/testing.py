@@ -9,17 +9,20 @@ it checks, on the given arguments:
    each has its primal's shape and dtype;
 3. ``finite differences``: in float64, the VJP agrees with central differences
    (``jax.test_util.check_grads``, reverse mode);
-4. ``jit``: 1 and 2 again under ``jax.jit``;
-5. ``vmap``: 1 and 2 again under ``jax.vmap`` over a batch of three (elements permuted, so the
-   batch members differ but stay in the sampler's domain);
-6. ``grad of grad``: reverse over reverse, the gradient of ⟨w, vjp(ȳ)⟩ equals the reference's.
+4. ``jit`` and ``checkpoint``: 1 and 2 again under ``jax.jit`` and under ``jax.checkpoint``;
+5. ``vmap`` and ``lax.scan``: 1 and 2 again under ``jax.vmap`` over a batch of three (elements
+   permuted, so the batch members differ but stay in the sampler's domain), with all arguments
+   batched and then each argument alone, and in the body of a ``lax.scan`` over the same batch;
+6. ``grad of grad``: reverse over reverse, the gradient of ⟨w, vjp(ȳ)⟩ equals the reference's;
+7. ``dtypes`` (optional): 1 and 2 again with the arguments cast to each dtype of a sweep.
 
 A failure raises ``AssertionError`` naming the rule, the check, the argument and the largest error.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -146,11 +149,17 @@ def _batch(rng: np.random.Generator, args: Sequence[Any], size: int) -> tuple[li
     return out, axes
 
 
+def _cast(args: Sequence[Any], dtype: Any) -> list[Any]:
+    """The floating-point arguments cast to dtype (the others unchanged)."""
+    return [jnp.asarray(a, dtype) if _is_float(a) and not isinstance(a, (int, float)) else a for a in args]
+
+
 def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[int] | None = None,
                rtol: float | None = None, atol: float | None = None, name: str | None = None,
                fd: bool = True, fd_eps: float | None = None, fd_tol: float | None = None,
                jit: bool = True, vmap: bool = True, grad_grad: bool = True, eager: bool = True,
-               seed: int = 0) -> None:
+               checkpoint: bool = True, scan: bool = True,
+               dtypes: Sequence[Any] | Mapping[Any, tuple[float, float]] = (), seed: int = 0) -> None:
     """Check the rule ``f`` against ``reference`` on ``args``; raise AssertionError on any mismatch.
 
     Args:
@@ -162,10 +171,16 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
       rtol, atol: tolerances for values and cotangents; by default from the dtype of the first
         differentiated argument (see :func:`default_tolerance`).
       name: the rule's name in failure messages (default: ``f.__name__``).
-      fd, jit, vmap, grad_grad: switch the individual checks off (all on by default).
+      fd, jit, vmap, grad_grad, checkpoint, scan: switch the individual checks off (all on by
+        default). ``vmap`` batches all arguments together and then each argument alone; ``scan``
+        runs the rule in the body of ``lax.scan`` over the same batch; ``checkpoint`` runs it under
+        ``jax.checkpoint``. jit, checkpoint and grad of grad share one compilation, vmap and scan another.
       eager: run checks 1 and 2 op by op (the default) or, if False, in one ``jax.jit`` compilation
         (much faster for many small cases; check 4 still compares with jit when ``jit`` is on).
       fd_eps, fd_tol: step and tolerance of the float64 finite differences (``check_grads``'s defaults).
+      dtypes: a dtype sweep: the primal and the VJP again with the floating-point arguments cast to
+        each of these dtypes, against the reference at that dtype, with :func:`default_tolerance`
+        (or a mapping ``{dtype: (rtol, atol)}``); outputs and cotangents must keep the dtype.
       seed: seeds the random cotangents and permutations.
 
     Returns None; raises AssertionError naming the rule, the check, the argument and the largest error.
@@ -190,71 +205,149 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
             return y, y_ref, (), ()
         return y, y_ref, ours_vjp(ybar, *args), ref_vjp(ybar, *args)
 
-    # 1. primal and 2. vjp against the reference, op by op or in one compilation
-    y, y_ref, cts, cts_ref = (both if eager else jax.jit(both))(ybar, *args)
+    def compare(check: str, y: Any, cts: Any, y_ref: Any, cts_ref: Any, types: bool = True) -> None:
+        c.close(check, "output", y, y_ref)
+        if types:
+            c.cotangent_types(check, cts, args, argnums)
+        for ct, ct_ref, i in zip(cts, cts_ref, argnums):
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref)
+
+    # 1. primal and 2. vjp against the reference: ours op by op or compiled, the reference compiled
+    if eager:
+        y, cts = f(*args), (ours_vjp(ybar, *args) if argnums else ())
+        y_ref, cts_ref = jax.jit(lambda ybar, *a: both(ybar, *a)[1::2])(ybar, *args)
+    else:
+        y, y_ref, cts, cts_ref = jax.jit(both)(ybar, *args)
     c.close("primal", "output", y, y_ref)
     if not argnums:
         return
-    c.cotangent_types("vjp", cts, args, argnums)
-    for ct, ct_ref, i in zip(cts, cts_ref, argnums):
-        c.close("vjp", f"cotangent of argument {i}", ct, ct_ref)
+    compare("vjp", y, cts, y_ref, cts_ref)
 
-    # 3. finite differences in float64
+    # the dtype sweep: 1 and 2 again at each dtype, compiled once per dtype
+    sweep = dtypes.items() if isinstance(dtypes, Mapping) else ((d, default_tolerance(d)) for d in dtypes)
+    for dt, (r, a) in sweep:
+        cast = _cast(args, dt)
+        ybar_dt = jax.tree_util.tree_map(lambda t, dt=dt: t.astype(dt) if jnp.issubdtype(t.dtype, jnp.floating)
+                                          else t, ybar)
+        yd, yd_ref, cd, cd_ref = jax.jit(both)(ybar_dt, *cast)
+        check = f"dtype sweep ({jnp.dtype(dt).name})"
+        c.close(check, "output", yd, yd_ref, rtol=r, atol=a)
+        c.cotangent_types(check, cd, cast, argnums)
+        for ct, ct_ref, i in zip(cd, cd_ref, argnums):
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref, rtol=r, atol=a)
+
+    # 3. finite differences in float64: all arguments in one compilation; on failure, one by one
     if fd:
         with jax.enable_x64(True):
             args64 = [jnp.asarray(a, jnp.float64) if _is_float(a) else a for a in args]
-            for i in argnums:
-                if jnp.size(args64[i]) == 0:
-                    continue
+            live = [i for i in argnums if jnp.size(args64[i])]
 
-                def at(v, i=i):
-                    full = list(args64)
+            def at(*diff, which=tuple(live)):
+                full = list(args64)
+                for i, v in zip(which, diff):
                     full[i] = v
-                    return f(*full)
-                try:  # under jit: one compilation rather than one per operation and shape
-                    jax.test_util.check_grads(jax.jit(at), (args64[i],), order=1, modes=("rev",),
-                                              eps=fd_eps, atol=fd_tol, rtol=fd_tol)
-                except AssertionError as e:
-                    c.fail("finite differences (float64)", f"argument {i}", str(e).strip().replace("\n", " "))
+                return f(*full)
 
-    # 4. jit (one compilation for value and cotangents)
-    if jit:
-        y_jit, cts_jit = jax.jit(lambda ybar, *a: (f(*a), ours_vjp(ybar, *a)))(ybar, *args)
-        c.close("jit", "output", y_jit, y_ref)
-        c.cotangent_types("jit", cts_jit, args, argnums)
-        for ct, ct_ref, i in zip(cts_jit, cts_ref, argnums):
-            c.close("jit", f"cotangent of argument {i}", ct, ct_ref)
+            def fd_check(which):
+                jax.test_util.check_grads(jax.jit(partial(at, which=which)), tuple(args64[i] for i in which),
+                                          order=1, modes=("rev",), eps=fd_eps, atol=fd_tol, rtol=fd_tol)
+            try:  # under jit: one compilation rather than one per operation and shape
+                if live:
+                    fd_check(tuple(live))
+            except AssertionError as e:
+                for i in live:
+                    try:
+                        fd_check((i,))
+                    except AssertionError as e1:
+                        e, where = e1, f"argument {i}"
+                        break
+                else:
+                    where = f"arguments {live} together"
+                c.fail("finite differences (float64)", where, str(e).strip().replace("\n", " "))
 
-    # 5. vmap over a batch of three (ours and the reference in one compilation)
-    if vmap:
-        bargs, axes = _batch(rng, args, 3)
-        bbar = _random_like(rng, jax.tree_util.tree_map(
-            lambda t: jax.ShapeDtypeStruct((3,) + t.shape, t.dtype), out))
+    # 4. jit, jax.checkpoint and 6. grad of grad, in one compilation
+    w = _random_like(rng, cts_ref)
 
-        @jax.jit
-        def batched(bbar, *bargs):
-            return (jax.vmap(f, in_axes=axes)(*bargs), jax.vmap(reference, in_axes=axes)(*bargs),
-                    jax.vmap(ours_vjp, in_axes=(0, *axes))(bbar, *bargs),
-                    jax.vmap(ref_vjp, in_axes=(0, *axes))(bbar, *bargs))
-        yb, yb_ref, vb, vb_ref = batched(bbar, *bargs)
-        c.close("vmap", "output", yb, yb_ref)
-        for ct, ct_ref, i in zip(vb, vb_ref, argnums):
-            c.close("vmap", f"cotangent of argument {i}", ct, ct_ref)
+    def second(run):
+        """The gradient of ⟨w, run(ȳ, args)⟩ with respect to the differentiated arguments."""
+        def h(*diff):
+            full = list(args)
+            for i, v in zip(argnums, diff):
+                full[i] = v
+            return sum(jnp.vdot(wi, ci).real for wi, ci in zip(w, run(ybar, *full)))
+        return jax.grad(h, argnums=tuple(range(len(argnums))))(*(args[i] for i in argnums))
 
-    # 6. reverse over reverse: the gradient of ⟨w, vjp(ȳ)⟩ with respect to the arguments
-    if grad_grad:
-        w = _random_like(rng, cts_ref)
+    remat = jax.checkpoint(f)
 
-        def second(run):
-            def h(*diff):
-                full = list(args)
-                for i, v in zip(argnums, diff):
-                    full[i] = v
-                return sum(jnp.vdot(wi, ci).real for wi, ci in zip(w, run(ybar, *full)))
-            return jax.grad(h, argnums=tuple(range(len(argnums))))(*(args[i] for i in argnums))
-        gg, gg_ref = jax.jit(lambda: (second(ours_vjp), second(ref_vjp)))()
-        for g1, g2, i in zip(gg, gg_ref, argnums):
-            c.close("grad of grad", f"argument {i}", g1, g2)
+    @jax.jit
+    def transformed(ybar, *a):
+        res = {}
+        if jit:
+            res["jit"] = (f(*a), ours_vjp(ybar, *a))
+        if checkpoint:
+            res["checkpoint"] = (remat(*a), _vjp_fn(remat, argnums)(ybar, *a))
+        if grad_grad:
+            res["grad of grad"] = (second(ours_vjp), second(ref_vjp))
+        return res
+    if jit or checkpoint or grad_grad:
+        for check, (o, p) in transformed(ybar, *args).items():
+            if check == "grad of grad":
+                for g1, g2, i in zip(o, p, argnums):
+                    c.close(check, f"argument {i}", g1, g2)
+            else:
+                compare(check, o, p, y_ref, cts_ref)
+
+    # 5. vmap over a batch of three: all arguments together, then each alone; and lax.scan
+    if vmap or scan:
+        _batched_checks(c, f, reference, ours_vjp, ref_vjp, args, argnums, out, rng, vmap, scan)
+
+
+def _batched_checks(c: _Checker, f: Callable, reference: Callable, ours_vjp: Callable, ref_vjp: Callable,
+                    args: Sequence[Any], argnums: Sequence[int], out: Any, rng: np.random.Generator, vmap: bool,
+                    scan: bool) -> None:
+    """vmap over all arguments and over each alone, and lax.scan over the batch: one compilation.
+
+    The reference runs once, vmapped over every batch these checks use, laid end to end.
+    """
+    size = 3
+    bargs, axes = _batch(rng, args, size)
+    bbar = _random_like(rng, jax.tree_util.tree_map(lambda t: jax.ShapeDtypeStruct((size,) + t.shape, t.dtype), out))
+    alone = [i for i, ax in enumerate(axes) if ax == 0] if vmap else []
+
+    def tiled(j: int, i: int) -> Any:
+        """Argument j's batch when argument i alone is batched: its own value repeated."""
+        return bargs[j] if axes[j] is None or j == i else jnp.stack([jnp.asarray(args[j])] * size)
+    # batches laid end to end: all arguments batched, then each alone
+    ends = [[bargs[j] for j in range(len(args))]] + [[tiled(j, i) for j in range(len(args))] for i in alone]
+    cat = [bargs[j] if axes[j] is None else jnp.concatenate([e[j] for e in ends]) for j in range(len(args))]
+    cat_bar = jax.tree_util.tree_map(lambda t: jnp.concatenate([t] * len(ends)), bbar)
+
+    @jax.jit
+    def run(bbar, bargs, cat_bar, cat):
+        ref = (jax.vmap(reference, in_axes=axes)(*cat), jax.vmap(ref_vjp, in_axes=(0, *axes))(cat_bar, *cat))
+        ours = {}
+        if vmap:
+            ours["vmap"] = (jax.vmap(f, in_axes=axes)(*bargs), jax.vmap(ours_vjp, in_axes=(0, *axes))(bbar, *bargs))
+            for i in alone:
+                a = [bargs[j] if j == i else args[j] for j in range(len(args))]
+                ax = [0 if j == i else None for j in range(len(args))]
+                ours[f"vmap over argument {i} alone"] = (jax.vmap(f, in_axes=ax)(*a),
+                                                         jax.vmap(ours_vjp, in_axes=(0, *ax))(bbar, *a))
+        if scan:
+            def step(carry, xs):
+                yb, ab = xs
+                full = [ab[k] if axes[k] == 0 else bargs[k] for k in range(len(bargs))]
+                return carry, (f(*full), ours_vjp(yb, *full))
+            ours["lax.scan"] = jax.lax.scan(step, None, (bbar, [a if ax == 0 else None
+                                                                for a, ax in zip(bargs, axes)]))[1]
+        return ours, ref
+    ours, ref = run(bbar, bargs, cat_bar, cat)
+    for check, (y, cts) in ours.items():
+        k = 1 + alone.index(int(check.split()[3])) if check.startswith("vmap over") else 0
+        part = jax.tree_util.tree_map(lambda t: t[k * size:(k + 1) * size], ref)
+        c.close(check, "output", y, part[0])
+        for ct, ct_ref, i in zip(cts, part[1], argnums):
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref)
 
 
 def residual_bytes(f: Callable, *args: Any) -> int:
