@@ -254,16 +254,15 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
             try:  # under jit: one compilation rather than one per operation and shape
                 if live:
                     fd_check(tuple(live))
-            except AssertionError as e:
-                for i in live:
+            except AssertionError as whole:
+                err, where = whole, f"arguments {live} together"
+                for i in live:  # name the argument
                     try:
                         fd_check((i,))
-                    except AssertionError as e1:
-                        e, where = e1, f"argument {i}"
+                    except AssertionError as one:
+                        err, where = one, f"argument {i}"
                         break
-                else:
-                    where = f"arguments {live} together"
-                c.fail("finite differences (float64)", where, str(e).strip().replace("\n", " "))
+                c.fail("finite differences (float64)", where, str(err).strip().replace("\n", " "))
 
     # 4. jit, jax.checkpoint and 6. grad of grad, in one compilation
     w = _random_like(rng, cts_ref)

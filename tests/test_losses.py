@@ -89,6 +89,10 @@ def test_cross_entropies_keep_no_more_than_one_logits_sized_array():
     assert ours_soft <= residual_bytes(optax.softmax_cross_entropy, z, d)
 
 
+# the catalog runs every transformation on this rule; here, values, cotangents and finite differences
+FEW = dict(vmap=False, scan=False, checkpoint=False, grad_grad=False)
+
+
 def test_integer_labels_along_another_axis_and_with_a_row_mask():
     from functools import partial
 
@@ -96,8 +100,8 @@ def test_integer_labels_along_another_axis_and_with_a_row_mask():
     z = jax.random.normal(jax.random.key(2), (5, 3, 4))
     c = jax.random.randint(jax.random.key(3), (3, 4), 0, 5)
     check_rule(partial(jr.softmax_cross_entropy_with_integer_labels, axis=0),
-               partial(optax.softmax_cross_entropy_with_integer_labels, axis=0), z, c)
+               partial(optax.softmax_cross_entropy_with_integer_labels, axis=0), z, c, **FEW)
     w = jnp.array([[True, False, True, True]] * 3)[..., None] | (jnp.arange(5) == 0)
     check_rule(lambda z, c, w: jr.softmax_cross_entropy_with_integer_labels(z, c, -1, w),
                lambda z, c, w: optax.softmax_cross_entropy_with_integer_labels(z, c, where=w),
-               jnp.moveaxis(z, 0, -1), c, w)
+               jnp.moveaxis(z, 0, -1), c, w, **FEW)

@@ -71,3 +71,11 @@ def test_wrong_second_derivative_fails_grad_of_grad():
 def test_settings_via_partial_and_python_scalars():
     check_rule(partial(jr.leaky_relu, negative_slope=0.2), partial(jax.nn.leaky_relu, negative_slope=0.2), X + 0.05)
     check_rule(jr.multiply, jnp.multiply, X, 3.0)
+
+
+def test_dtype_sweep_catches_a_cotangent_that_loses_the_dtype():
+    upcast = _rule(lambda y, g: ((g * y * (1 - y)).astype(jnp.float32),))
+    check_rule(upcast, jax.nn.sigmoid, X.astype(jnp.float32), fd=False)  # right in float32
+    with pytest.raises(AssertionError, match=r"dtype sweep \(bfloat16\): cotangent of argument 0.*dtype float32"):
+        check_rule(upcast, jax.nn.sigmoid, X.astype(jnp.float32), fd=False, dtypes=(jnp.bfloat16,))
+
