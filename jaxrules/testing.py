@@ -312,6 +312,7 @@ def _batched_checks(c: _Checker, f: Callable, reference: Callable, ours_vjp: Cal
     bargs, axes = _batch(rng, args, size)
     bbar = _random_like(rng, jax.tree_util.tree_map(lambda t: jax.ShapeDtypeStruct((size,) + t.shape, t.dtype), out))
     alone = [i for i, ax in enumerate(axes) if ax == 0] if vmap else []
+    alone = alone if len(alone) > 1 else []  # with one batched argument, 'alone' is 'all'
 
     def tiled(j: int, i: int) -> Any:
         """Argument j's batch when argument i alone is batched: its own value repeated."""

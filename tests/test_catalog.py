@@ -1,4 +1,6 @@
-"""Every catalog rule through check_rule, in float64 and float32, on every case of its row."""
+"""Every catalog rule through check_rule, in float64 and float32, on every case of its row.
+
+bfloat16 and float16 (and random shapes in every dtype) are in tests/test_properties.py."""
 
 import inspect
 
@@ -35,17 +37,6 @@ def test_rule(rule, dtype):
         checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main)
         checks |= {k: v and checks[k] for k, v in rule.checks.items()}
         check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} on {case}", rtol=rtol, atol=atol, **checks)
-
-
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-@pytest.mark.parametrize("rule", RULES, ids=[r.id for r in RULES])
-def test_low_precision_keeps_dtype(rule, dtype):
-    """Outputs and cotangents keep bfloat16 / float16 and agree with the reference at that precision."""
-    rtol, atol = rule.tolerance(dtype)
-    args = rule.sample(0, rule.cases[0], dtype)
-    check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} in {jnp.dtype(dtype).name}", rtol=rtol,
-               atol=atol, fd=False, jit=False, vmap=False, grad_grad=False, eager=False,
-               checkpoint=False, scan=False)
 
 
 def _public_rules():
