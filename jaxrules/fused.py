@@ -60,6 +60,23 @@ def _lsce_setup(x, W, labels, b, where, chunk_size):
     return x, W, labels, b, where, min(chunk, max(v, 1))
 
 
+def _varying(init: Any, *like: Any) -> Any:
+    """A scan's initial carry, varying over every manual mesh axis its inputs vary over.
+
+    Inside ``jax.shard_map`` a carry built with jnp.zeros is the same on every device, while the
+    loop body's output (computed from the inputs) varies per device; lax.scan needs both alike.
+    Outside shard_map this returns init unchanged.
+    """
+    names: set = set()
+    for a in like:
+        if a is not None:
+            t = jax.typeof(a)  # jax 0.10: t.manual_axis_type.varying; earlier releases: t.vma
+            names |= set(getattr(getattr(t, "manual_axis_type", None), "varying", None) or getattr(t, "vma", ()) or ())
+    if not names:
+        return init
+    return jax.tree_util.tree_map(lambda t: lax.pcast(t, tuple(sorted(names)), to="varying"), init)
+
+
 def _chunks(W: Array, b: Array | None, chunk: int):
     """W padded with zero columns to a multiple of chunk; the number of chunks."""
     v = W.shape[1]
@@ -96,7 +113,7 @@ def _lsce_forward(x, W, labels, b, where, chunk):
         return (m_new, s, picked), None
 
     init = (jnp.full((n,), -jnp.inf, acc), jnp.zeros((n,), acc), jnp.zeros((n,), acc))
-    (m, s, picked), _ = lax.scan(body, init, jnp.arange(k))
+    (m, s, picked), _ = lax.scan(body, _varying(init, x, W, labels, b), jnp.arange(k))
     lse = m + jnp.log(s)
     loss = jnp.where((labels >= 0) & (labels < v), lse - picked, jnp.nan)
     if where is not None:
@@ -135,7 +152,7 @@ def _lsce_bwd(chunk, res, g):
         return (x_bar, W_bar), jnp.sum(dz, axis=0)
 
     init = (jnp.zeros(x.shape, x.dtype), jnp.zeros(Wp.shape, W.dtype))
-    (x_bar, W_bar), b_bars = lax.scan(body, init, jnp.arange(k))
+    (x_bar, W_bar), b_bars = lax.scan(body, _varying(init, x, W, labels, b, g, lse), jnp.arange(k))
     b_bar = None if b is None else b_bars.reshape(-1)[:v].astype(b.dtype)
     return x_bar, W_bar[:, :v], None, b_bar, None
 
@@ -263,7 +280,7 @@ def _attention_forward(q, k, v, b4, m4, scale, is_causal, block):
         return (m_new, l, o), None
 
     init = (jnp.full((B, N, T), -jnp.inf, acc), jnp.zeros((B, N, T), acc), jnp.zeros((B, N, T, H), acc))
-    (m, l, o), _ = lax.scan(body, init, jnp.arange(nb))
+    (m, l, o), _ = lax.scan(body, _varying(init, q, k, v, b4, m4), jnp.arange(nb))
     live = l > 0
     o = jnp.where(live[..., None], o / jnp.where(live, l, 1)[..., None], 0)
     lse = jnp.where(live, jnp.where(jnp.isfinite(m), m, 0) + jnp.log(jnp.where(live, l, 1)), -jnp.inf)
@@ -316,7 +333,7 @@ def _attention_bwd(scale, is_causal, block, res, g):
 
     db0 = None if b4 is None else jnp.zeros(b4.shape[:3] + ((nb * blk,) if bias_full else (1,)), acc)
     init = (jnp.zeros((B, N, T, H), acc), jnp.zeros((B, N, nb * blk, H), acc), jnp.zeros((B, N, nb * blk, H), acc), db0)
-    (dq, dk, dv, db), _ = lax.scan(body, init, jnp.arange(nb))
+    (dq, dk, dv, db), _ = lax.scan(body, _varying(init, q, k, v, b4, m4, out, lse, g), jnp.arange(nb))
     dk, dv = dk[:, :, :S], dv[:, :, :S]
     if N != K:  # grouped queries: each kv head served N/K query heads
         dk, dv = (a.reshape(B, K, N // K, S, H).sum(axis=2) for a in (dk, dv))

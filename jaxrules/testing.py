@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 
-__all__ = ["check_rule", "default_tolerance", "residual_bytes"]
+__all__ = ["check_rule", "check_sharded", "default_tolerance", "residual_bytes"]
 
 _TOLERANCE = {
     np.dtype(np.float64): (1e-7, 1e-10),
@@ -347,6 +347,71 @@ def _batched_checks(c: _Checker, f: Callable, reference: Callable, ours_vjp: Cal
         part = jax.tree_util.tree_map(lambda t: t[k * size:(k + 1) * size], ref)
         c.close(check, "output", y, part[0])
         for ct, ct_ref, i in zip(cts, part[1], argnums):
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref)
+
+
+def check_sharded(f: Callable, *args: Any, argnums: Sequence[int] | None = None, rtol: float | None = None,
+                  atol: float | None = None, name: str | None = None, devices: Sequence[Any] | None = None,
+                  seed: int = 0) -> None:
+    """``f`` on a batch sharded over devices equals the plain call on each batch member.
+
+    A batch of one member per device (elements permuted as in :func:`check_rule`'s vmap check) is
+    laid out along a mesh axis ``"batch"``. The values and cotangents of ``vmap(f)`` are checked
+
+    * under ``jax.jit`` with the batch in a ``NamedSharding`` (and the outputs sharded the same way),
+    * inside ``jax.shard_map`` over the mesh (each device runs its own member),
+
+    against ``f`` and its VJP called on each member alone. Needs at least two devices (on a CPU:
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` before JAX starts).
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    name = name or _name(f)
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) < 2:
+        raise ValueError(f"check_sharded needs at least 2 devices, got {len(devices)}; on a CPU set "
+                         "XLA_FLAGS=--xla_force_host_platform_device_count=4 before importing jax")
+    if argnums is None:
+        argnums = tuple(i for i, a in enumerate(args) if _is_float(a))
+    d_rtol, d_atol = default_tolerance(jnp.result_type(args[argnums[0]]) if argnums else jnp.float32)
+    c = _Checker(name, d_rtol if rtol is None else rtol, d_atol if atol is None else atol)
+    rng = np.random.default_rng(seed)
+    n = len(devices)
+    bargs, axes = _batch(rng, args, n)
+    out = jax.eval_shape(f, *args)
+    bbar = _random_like(rng, jax.tree_util.tree_map(lambda t: jax.ShapeDtypeStruct((n,) + t.shape, t.dtype), out))
+    vjp = _vjp_fn(f, argnums)
+
+    plain = jax.jit(lambda ybar, *a: (f(*a), vjp(ybar, *a)))
+    members = [plain(jax.tree_util.tree_map(lambda t: t[k], bbar),
+                     *[a[k] if ax == 0 else a for a, ax in zip(bargs, axes)]) for k in range(n)]
+    expected = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *members)
+
+    mesh = Mesh(np.array(devices), ("batch",))
+    shard = NamedSharding(mesh, P("batch"))
+    on_mesh = [jax.device_put(a, shard) if ax == 0 else a for a, ax in zip(bargs, axes)]
+    ybar = jax.device_put(bbar, shard)
+    batched = [k for k, ax in enumerate(axes) if ax == 0]
+
+    def vmapped(ybar, *a):
+        return jax.vmap(f, in_axes=axes)(*a), jax.vmap(vjp, in_axes=(0, *axes))(ybar, *a)
+
+    def per_device(ybar, *sharded):
+        full = list(bargs)
+        for k, v in zip(batched, sharded):
+            full[k] = v
+        return vmapped(ybar, *full)
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=P("batch"), out_specs=P("batch"))
+    results = {
+        "jit with NamedSharding": jax.jit(vmapped)(ybar, *on_mesh),
+        "shard_map": jax.jit(mapped)(ybar, *(on_mesh[k] for k in batched)),
+    }
+    for check, (y, cts) in results.items():
+        for leaf in jax.tree_util.tree_leaves((y, cts)):
+            if leaf.ndim and leaf.shape[0] == n and len(leaf.sharding.device_set) != n:
+                c.fail(check, "layout", f"an output of shape {leaf.shape} lives on {len(leaf.sharding.device_set)} "
+                       f"device(s), not spread over the {n} of the mesh")
+        c.close(check, "output", y, expected[0])
+        for ct, ct_ref, i in zip(cts, expected[1], argnums):
             c.close(check, f"cotangent of argument {i}", ct, ct_ref)
 
 

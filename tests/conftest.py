@@ -2,7 +2,7 @@ import os
 import sys
 
 # pytest-xdist runs two workers on two cores: one XLA thread each, rather than both oversubscribing.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import jax
 from hypothesis import HealthCheck, settings
