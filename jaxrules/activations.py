@@ -216,6 +216,11 @@ def _celu_bwd(alpha, y, g):
 
 celu.defvjp(_celu_fwd, _celu_bwd)
 
+def _times(x: Array, w: Array) -> Array:
+    """x·w, taken as 0 where w is 0 (its limit as |x| → ∞), so that ±inf · 0 gives 0, not NaN."""
+    return jnp.where(w == 0, 0, x * w)
+
+
 
 # --- selu ------------------------------------------------------------------------------------
 
@@ -271,7 +276,7 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
     if approximate:
         cdf = 0.5 * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x ** 3))))
         return x * cdf
-    return (x * (lax.erf(x / math.sqrt(2)) + 1) / 2).astype(x.dtype)
+    return (x * ((lax.erf(x / math.sqrt(2)) + 1) / 2)).astype(x.dtype)  # x·Φ(x): 2x would overflow at the top
 
 
 def _gelu_fwd(x, approximate):
@@ -287,7 +292,7 @@ def _gelu_bwd(approximate, x, g):
         return (g * (0.5 * (1 + t) + tail),)
     cdf = 0.5 * (1 + lax.erf(x / math.sqrt(2)))
     pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
-    return (g * (cdf + x * pdf).astype(x.dtype),)
+    return (g * (cdf + _times(x, pdf)).astype(x.dtype),)
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
@@ -300,6 +305,8 @@ def silu(x: ArrayLike) -> Array:
     r"""SiLU (swish), x·σ(x), saving its input.
 
     .. math:: y = xσ(x),        \bar x = σ(x)(1 + x(1 - σ(x))) ∘ \bar y
+
+    At x = ±inf the slope is its limit (1, 0), never ∞·0 = NaN; the same for gelu and mish.
     """
     x = floating("silu", "x", x)
     return x * lax.logistic(x)
@@ -311,7 +318,7 @@ def _silu_fwd(x):
 
 def _silu_bwd(x, g):
     s = lax.logistic(x)
-    return (g * s * (1 + x * (1 - s)),)
+    return (g * (s + _times(x, s * (1 - s))),)
 
 
 silu.defvjp(_silu_fwd, _silu_bwd)
@@ -388,7 +395,7 @@ def _mish_fwd(x):
 
 def _mish_bwd(x, g):
     t = jnp.tanh(jnp.logaddexp(x, 0))
-    return (g * (t + x * (1 - t * t) * lax.logistic(x)),)
+    return (g * (t + _times(x, (1 - t * t) * lax.logistic(x))),)
 
 
 mish.defvjp(_mish_fwd, _mish_bwd)
@@ -531,14 +538,16 @@ def squareplus(x: ArrayLike, b: float = 4) -> Array:
     .. math:: y = \frac{x + \sqrt{x^2 + b}}{2},        \bar x = \frac{y}{\sqrt{x^2 + b}} ∘ \bar y = \frac{y^2}{y^2 + b/4} ∘ \bar y
 
     Since y(√(x²+b) - y) = b/4, the slope is a function of y alone. For x < 0 the output is
-    computed as b / (2(√(x²+b) - x)), free of the cancellation in x + √(x²+b), and √(x²+b)
-    as hypot(x, √b), free of the overflow of x².
+    computed as (b/4) / (√(x²+b)/2 - x/2), free of the cancellation in x + √(x²+b), and √(x²+b)
+    as hypot(x, √b), free of the overflow of x²; halves are taken before the sums, which would
+    overflow near the largest float16.
     """
     bb = static_number("squareplus", "b", b, low=0.0)
     x = floating("squareplus", "x", x)
     r = jnp.hypot(x, math.sqrt(bb))  # √(x² + b) without overflow of x²
-    neg = jnp.where(x < 0, bb / (2 * (r - x)), 0)
-    return jnp.where(x < 0, neg, (x + r) / 2).astype(x.dtype)
+    half_r, half_x = r / 2, x / 2  # halved first: x + r overflows at the top of float16 and bfloat16
+    neg = jnp.where(x < 0, (bb / 4) / (half_r - half_x), 0)
+    return jnp.where(x < 0, neg, half_x + half_r).astype(x.dtype)
 
 
 def _squareplus_fwd(x, b):

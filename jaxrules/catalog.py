@@ -446,6 +446,102 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+# --- extremes: where the textbook formula differentiated by jax fails ------------------------
+
+@dataclass(frozen=True)
+class Extreme:
+    """One row of the extremes table: an input where the textbook formula's jax gradient is wrong.
+
+    ours / textbook / stable: functions of x (the other arguments bound). ``stable`` is a library
+    function (jax.nn, optax, jnp) that is right there, evaluated in float64 for the correct gradient;
+    with ``nan=True`` the input holds a NaN and the correct gradient is NaN.
+    """
+
+    rule: str
+    ours: Callable[[jax.Array], jax.Array]
+    textbook: Callable[[jax.Array], jax.Array]
+    textbook_text: str
+    stable: Callable[[jax.Array], jax.Array]
+    x: tuple
+    dtype: Any = jnp.float32
+    nan: bool = False
+
+    def gradients(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ours, textbook, correct): the gradient of Σ f(x) under each, as float64 NumPy arrays."""
+        def grad(f, x):
+            y, back = jax.vjp(f, x)
+            return np.asarray(back(jnp.ones_like(y))[0], np.float64)
+        x = jnp.asarray(self.x, self.dtype)
+        with jax.enable_x64(True):
+            correct = grad(self.stable, jnp.asarray(self.x, jnp.float64))
+        return grad(self.ours, x), grad(self.textbook, x), correct
+
+
+_LABEL1 = np.array([1], np.int32)
+
+
+def _where_elu(x):
+    return jnp.where(x > 0, x, jnp.exp(x) - 1)
+
+
+EXTREMES: tuple[Extreme, ...] = (
+    Extreme("sigmoid", jr.sigmoid, lambda x: 1 / (1 + jnp.exp(-x)), "1/(1 + exp(−x))", jax.nn.sigmoid,
+            (-1000.0, -jnp.inf)),
+    Extreme("softplus", jr.softplus, lambda x: jnp.log(1 + jnp.exp(x)), "log(1 + exp(x))", jax.nn.softplus,
+            (89.0, 1000.0, jnp.inf)),
+    Extreme("softplus", jr.softplus, lambda x: jnp.log(1 + jnp.exp(x)), "log(1 + exp(x))", jax.nn.softplus,
+            (12.0, 1e4), jnp.float16),
+    Extreme("log_sigmoid", jr.log_sigmoid, lambda x: -jnp.log(1 + jnp.exp(-x)), "−log(1 + exp(−x))",
+            jax.nn.log_sigmoid, (-89.0, -1000.0)),
+    Extreme("silu", jr.silu, lambda x: x / (1 + jnp.exp(-x)), "x/(1 + exp(−x))", jax.nn.silu, (-1000.0,)),
+    Extreme("mish", jr.mish, lambda x: x * jnp.tanh(jnp.log(1 + jnp.exp(x))), "x tanh(log(1 + exp(x)))",
+            jax.nn.mish, (1000.0,)),
+    Extreme("tanh", jr.tanh, lambda x: (jnp.exp(x) - jnp.exp(-x)) / (jnp.exp(x) + jnp.exp(-x)),
+            "(eˣ − e⁻ˣ)/(eˣ + e⁻ˣ)", jnp.tanh, (100.0, -100.0)),
+    Extreme("elu", jr.elu, _where_elu, "where(x > 0, x, exp(x) − 1)", jax.nn.elu, (1000.0,)),
+    Extreme("squareplus", jr.squareplus, lambda x: (x + jnp.sqrt(x * x + 4)) / 2, "(x + √(x² + 4))/2",
+            jax.nn.squareplus, (-1e30, 1e30)),
+    Extreme("log_softmax", lambda z: jr.log_softmax(z)[:, 1], lambda z: jnp.log(jax.nn.softmax(z))[:, 1],
+            "log(softmax(z))", lambda z: jax.nn.log_softmax(z)[:, 1], ((200.0, -200.0, 0.0),)),
+    Extreme("logsumexp", lambda a: jr.logsumexp(a, axis=-1), lambda a: jnp.log(jnp.sum(jnp.exp(a), -1)),
+            "log Σ exp(a)", lambda a: jax.nn.logsumexp(a, axis=-1), ((1000.0, 0.0, -1000.0),)),
+    Extreme("softmax_cross_entropy_with_integer_labels",
+            lambda z: jr.softmax_cross_entropy_with_integer_labels(z, _LABEL1),
+            lambda z: -jnp.log(jax.nn.softmax(z))[:, 1], "−log(softmax(z)[c])",
+            lambda z: optax.softmax_cross_entropy_with_integer_labels(z, _LABEL1), ((200.0, -200.0, 0.0),)),
+    Extreme("sigmoid_binary_cross_entropy", lambda z: jr.sigmoid_binary_cross_entropy(z, jnp.ones_like(z)),
+            lambda z: -jnp.log(1 / (1 + jnp.exp(-z))), "−log(1/(1 + exp(−z))), d = 1",
+            lambda z: optax.sigmoid_binary_cross_entropy(z, jnp.ones_like(z)), (-200.0, -1e4)),
+    Extreme("kl_divergence (targets; 0·log 0 = 0, a zero target is held constant)",
+            lambda t: jr.kl_divergence(jnp.log(jnp.full_like(t, 1 / 3)), t),
+            lambda t: optax.kl_divergence(jnp.log(jnp.full_like(t, 1 / 3)), t), "optax.kl_divergence",
+            lambda t: jnp.sum(jnp.where(t > 0, t * (jnp.log(jnp.where(t > 0, t, 1)) + jnp.log(3.0)), 0), -1),
+            ((0.0, 0.5, 0.5),)),
+    Extreme("dot_product_attention (value; a fully masked row gives 0)",
+            lambda v: jr.dot_product_attention(jnp.ones_like(v), jnp.ones_like(v), v, mask=np.zeros(2, bool)),
+            lambda v: plain_attention(jnp.ones_like(v), jnp.ones_like(v), v, mask=np.zeros(2, bool)),
+            "softmax(where(mask, QKᵀ/√d, −∞)) V", lambda v: 0 * v, ((((1.0, 2.0),), ((3.0, 4.0),)),)),
+    Extreme("relu (NaN in)", jr.relu, jax.nn.relu, "jax.nn.relu", lambda x: x * jnp.nan, (jnp.nan,), nan=True),
+)
+
+
+def _fmt(g: np.ndarray) -> str:
+    flat = np.asarray(g, np.float64).reshape(-1)
+    return ", ".join("nan" if np.isnan(v) else f"{v + 0.0:.4g}" for v in flat)  # + 0.0: no "-0"
+
+
+def extremes_table() -> str:
+    """The README's extremes table, computed: the gradient of Σ f(x) by each formula."""
+    lines = ["| rule | x | textbook formula | its gradient (jax autodiff) | jaxrules | correct (float64) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for e in EXTREMES:
+        ours, textbook, correct = e.gradients()
+        x = _fmt(np.asarray(e.x, np.float64))
+        lines.append(f"| `{e.rule}` | {x} ({jnp.dtype(e.dtype).name}) | {e.textbook_text} | {_fmt(textbook)} | "
+                     f"{_fmt(ours)} | {_fmt(correct)} |")
+    return "\n".join(lines)
+
+
 def by_id() -> dict[str, Rule]:
     return {r.id: r for r in RULES}
 
@@ -453,6 +549,8 @@ def by_id() -> dict[str, Rule]:
 # --- the README table ------------------------------------------------------------------------
 
 BEGIN, END = "<!-- rules:begin (generated by python -m jaxrules.catalog --write README.md) -->", "<!-- rules:end -->"
+XBEGIN, XEND = ("<!-- extremes:begin (generated by python -m jaxrules.catalog --write README.md) -->",
+                "<!-- extremes:end -->")
 
 
 def markdown_table() -> str:
@@ -467,6 +565,10 @@ def readme_section() -> str:
     return f"{BEGIN}\n{markdown_table()}\n{END}"
 
 
+def readme_extremes() -> str:
+    return f"{XBEGIN}\n{extremes_table()}\n{XEND}"
+
+
 def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxrules.catalog", description=__doc__.splitlines()[0])
     p.add_argument("--write", metavar="README", help="replace the generated table in this file")
@@ -475,11 +577,12 @@ def _main(argv: list[str] | None = None) -> int:
         print(markdown_table())
         return 0
     text = open(a.write, encoding="utf-8").read()
-    start, stop = text.find(BEGIN), text.find(END)
-    if start < 0 or stop < 0:
-        print(f"{a.write}: no {BEGIN!r} ... {END!r} markers", file=sys.stderr)
-        return 1
-    text = text[:start] + readme_section() + text[stop + len(END):]
+    for begin, end, section in ((BEGIN, END, readme_section), (XBEGIN, XEND, readme_extremes)):
+        start, stop = text.find(begin), text.find(end)
+        if start < 0 or stop < 0:
+            print(f"{a.write}: no {begin!r} ... {end!r} markers", file=sys.stderr)
+            return 1
+        text = text[:start] + section() + text[stop + len(end):]
     open(a.write, "w", encoding="utf-8").write(text)
     return 0
 

@@ -52,21 +52,6 @@ def test_sigmoid_slope_is_finite_far_out(x):
 
 
 @pytest.mark.parametrize("rule", ELEMENTWISE, ids=[r.id for r in ELEMENTWISE])
-def test_extremes_are_finite(rule):
-    """±1e4 and ±1e30 in float32: finite outputs and finite slopes for every activation."""
-    x = jnp.array([-1e30, -1e4, -50.0, 50.0, 1e4, 1e30], jnp.float32)
-    args = list(rule.sample(0, x.shape, jnp.float32))
-    args[0] = x
-    y = rule.fn(*args)
-    g = jax.grad(lambda v: jnp.sum(rule.fn(v, *args[1:])))(x)
-    assert np.all(np.isfinite(np.asarray(g))), (rule.id, g)
-    # against the reference evaluated in float64 (the float32 reference loses digits out here)
-    ref = np.asarray(rule.reference(x.astype(jnp.float64), *args[1:]))
-    finite = np.isfinite(ref)
-    np.testing.assert_allclose(np.asarray(y, np.float64)[finite], ref[finite], rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("rule", ELEMENTWISE, ids=[r.id for r in ELEMENTWISE])
 def test_nan_in_gives_nan_out(rule):
     args = list(rule.sample(0, (3,), jnp.float32))
     args[0] = jnp.array([jnp.nan, 0.5, -0.5], jnp.float32)
