@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
+from jaxrules import _checks
 from jaxrules._checks import floating, static_bool, static_number
 
 Array = jax.Array
@@ -654,3 +655,6 @@ def _rrelu_bwd(lower, upper, training, res, g):
 
 
 rrelu.defvjp(_rrelu_fwd, _rrelu_bwd)
+
+
+_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

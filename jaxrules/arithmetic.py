@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from jaxrules import _checks
 from jaxrules._broadcast import Static, broadcast_shapes, unbroadcast
 
 Array = jax.Array
@@ -148,3 +149,6 @@ def _divide_bwd(res, g):
 
 
 divide.defvjp(_divide_fwd, _divide_bwd)
+
+
+_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

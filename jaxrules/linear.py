@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxrules import _windows
+from jaxrules import _checks, _windows
 from jaxrules._broadcast import Static, broadcast_shapes, unbroadcast
 from jaxrules._checks import floating
 
@@ -219,3 +219,6 @@ def _conv_bwd(strides, padding, dilation, res, g):
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

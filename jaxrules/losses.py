@@ -319,3 +319,6 @@ def _bce_bwd(res, g):
 
 
 sigmoid_binary_cross_entropy.defvjp(_bce_fwd, _bce_bwd)
+
+
+_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

@@ -214,3 +214,6 @@ def _avg_pool_bwd(window_shape, strides, padding, count_include_pad, meta, g):
 
 
 avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+
+
+_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

@@ -27,6 +27,8 @@ def pullback(f: Callable, *primals: Any) -> tuple[tuple[Any, ...], Callable[...,
     one cotangent per output, each of that output's shape and dtype, and returns one cotangent per
     primal (a tuple), each of that primal's shape and dtype.
     """
+    if not callable(f):
+        raise TypeError(f"pullback: f must be a callable (a function of the primals), got {type(f).__name__}")
     if not primals:
         raise TypeError(f"pullback: {_name(f)} needs at least one primal argument")
     out, vjp = jax.vjp(f, *primals)

@@ -252,3 +252,6 @@ def _pair_product_bwd(axis, x, g):
 
 
 pair_product.defvjp(_pair_product_fwd, _pair_product_bwd)
+
+
+_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard
