@@ -23,9 +23,9 @@ import jaxrules as jr
 Case = Any  # a shape, or a tuple of shapes, handed to the sampler
 
 ELEMENTWISE_CASES: tuple[Case, ...] = ((3, 4), (), (7,), (0, 3))
-BROADCAST_PAIRS: tuple[Case, ...] = tuple(
-    (a, b) for a in ((), (4,), (3, 4), (1, 4), (2, 1, 4)) for b in ((), (4,), (3, 4), (1, 4), (2, 1, 4))
-)
+# each kind of broadcast once (random pairs are drawn by tests/test_properties.py)
+BROADCAST_PAIRS: tuple[Case, ...] = (((3, 4), (4,)), ((3, 4), (3, 4)), ((), (3, 4)), ((4,), ()),
+                                     ((2, 1, 4), (3, 4)), ((1, 4), (3, 1)), ((0, 4), (4,)))
 
 
 @dataclass(frozen=True)

@@ -20,21 +20,24 @@ RULES = catalog.RULES
 MODULES = [activations, arithmetic, linear, importlib.import_module("jaxrules.softmax"), pooling, losses, fused]
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("rule", RULES, ids=[r.id for r in RULES])
+# float64: every row, every case. float32: the main case of the rows other than the activations
+# (which run in float32 in tests/test_properties.py and tests/test_extremes.py).
+CASES = [(r, jnp.float64) for r in RULES] + [(r, jnp.float32) for r in RULES if not r.elementwise]
+
+
+@pytest.mark.parametrize("rule,dtype", CASES, ids=[f"{r.id}-{jnp.dtype(d).name}" for r, d in CASES])
 def test_rule(rule, dtype):
     rtol, atol = rule.tolerance(dtype)
     # Every check on the row's main case; on the other cases (scalars, empty and broadcast shapes)
     # values and cotangents against the reference, with their shapes and dtypes, compiled once.
     # Finite differences run in float64 whatever the dtype, so once (in the float64 run) suffices.
-    # float32 checks precision, not structure (the transformations ran in float64): the main case,
-    # and for the activations the scalar case too, compiled once each
+    # float32 checks precision, not structure (the transformations ran in float64): the main case.
     wide = dtype == jnp.float64
-    cases = rule.cases if wide else rule.cases[:2] if rule.elementwise else rule.cases[:1]
+    cases = rule.cases if wide else rule.cases[:1]
     for k, case in enumerate(cases):
         args = rule.sample(k, case, dtype)
         main = k == 0 and wide
-        checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main)
+        checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main, checkpoint=main, scan=main)
         checks |= {k: v and checks[k] for k, v in rule.checks.items()}
         check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} on {case}", rtol=rtol, atol=atol, **checks)
 
