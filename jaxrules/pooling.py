@@ -181,7 +181,8 @@ def avg_pool(x: ArrayLike, window_shape: Sequence[int], strides: Sequence[int] |
 
     c_j is the window size, or with ``count_include_pad=False`` the number of real elements in
     window j. The backward is a stride-1 window sum over ȳ/c dilated by the strides and padded
-    (the transpose of the window sum); it keeps no arrays, only shapes.
+    (the transpose of the window sum); it keeps no arrays, only shapes. A window that covers only
+    padding has c = 0 there and averages to NaN (0/0), as in flax.
     """
     _checks.static_bool("avg_pool", "count_include_pad", count_include_pad)
     x, (window, s, p) = _pool_setup("avg_pool", x, window_shape, strides, padding)

@@ -86,11 +86,14 @@ class _Checker:
             b64 = np.asarray(np.asarray(b).astype(np.float64))
             if a64.size == 0:
                 continue
+            # NaN matches only NaN, an infinity only the same infinity; the rest within atol + rtol·|ref|
             nan_mismatch = np.isnan(a64) != np.isnan(b64)
+            inf_mismatch = (np.isinf(a64) | np.isinf(b64)) & (a64 != b64)
             with np.errstate(invalid="ignore"):
                 err = np.where(np.isnan(a64) & np.isnan(b64), 0.0, np.abs(a64 - b64))
                 err = np.where(a64 == b64, 0.0, err)  # equal infinities
-            bad = nan_mismatch | ~(err <= atol + rtol * np.abs(b64))
+                bound = atol + rtol * np.abs(np.where(np.isfinite(b64), b64, 0.0))
+            bad = nan_mismatch | inf_mismatch | ~(err <= bound)
             if bad.any():
                 i = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1)), a64.shape)
                 rel = err[i] / max(abs(b64[i]), np.finfo(np.float64).tiny)

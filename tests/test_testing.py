@@ -79,3 +79,11 @@ def test_dtype_sweep_catches_a_cotangent_that_loses_the_dtype():
     with pytest.raises(AssertionError, match=r"dtype sweep \(bfloat16\): cotangent of argument 0.*dtype float32"):
         check_rule(upcast, jax.nn.sigmoid, X.astype(jnp.float32), fd=False, dtypes=(jnp.bfloat16,))
 
+
+
+def test_comparison_of_nan_and_inf():
+    """NaN matches NaN (where both formulas are undefined), an infinity only the same infinity."""
+    nan_both = lambda x: x / jnp.where(x > 0, 0.0, 1.0) * 0  # noqa: E731  NaN where x > 0
+    check_rule(lambda x: jr.multiply(x, 1.0) / jnp.where(x > 0, 0.0, 1.0) * 0, nan_both, X, fd=False, grad_grad=False)
+    with pytest.raises(AssertionError, match=r"primal: output"):
+        check_rule(lambda x: jnp.where(x > 1, jnp.inf, x), lambda x: jnp.where(x > 1, 1e30, x), X, fd=False)
