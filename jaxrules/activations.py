@@ -217,11 +217,6 @@ def _celu_bwd(alpha, y, g):
 
 celu.defvjp(_celu_fwd, _celu_bwd)
 
-def _times(x: Array, w: Array) -> Array:
-    """x·w, taken as 0 where w is 0 (its limit as |x| → ∞), so that ±inf · 0 gives 0, not NaN."""
-    return jnp.where(w == 0, 0, x * w)
-
-
 
 # --- selu ------------------------------------------------------------------------------------
 
@@ -258,6 +253,11 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
+def _times(x: Array, w: Array) -> Array:
+    """x·w, taken as 0 where w is 0 (its limit as |x| → ∞), so that ±inf · 0 gives 0, not NaN."""
+    return jnp.where(w == 0, 0, x * w)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def gelu(x: ArrayLike, approximate: bool = True) -> Array:
     r"""Gaussian error linear unit, saving its input.
@@ -289,8 +289,7 @@ def _gelu_bwd(approximate, x, g):
         t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x ** 3)))
         sech2 = 1 - t * t
         slope = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-        tail = jnp.where(sech2 == 0, 0, 0.5 * x * sech2 * slope)
-        return (g * (0.5 * (1 + t) + tail),)
+        return (g * (0.5 * (1 + t) + _times(x, 0.5 * sech2 * slope)),)
     cdf = 0.5 * (1 + lax.erf(x / math.sqrt(2)))
     pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
     return (g * (cdf + _times(x, pdf)).astype(x.dtype),)
