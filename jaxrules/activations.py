@@ -289,7 +289,9 @@ def _gelu_bwd(approximate, x, g):
         t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x ** 3)))
         sech2 = 1 - t * t
         slope = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-        return (g * (0.5 * (1 + t) + _times(x, 0.5 * sech2 * slope)),)
+        # where 1 - t² is 0 the tail is 0, even where the slope factor has overflowed (float16 at 1e4)
+        tail = jnp.where(sech2 == 0, 0, 0.5 * x * sech2 * slope)
+        return (g * (0.5 * (1 + t) + tail),)
     cdf = 0.5 * (1 + lax.erf(x / math.sqrt(2)))
     pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
     return (g * (cdf + _times(x, pdf)).astype(x.dtype),)
