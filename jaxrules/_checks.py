@@ -110,8 +110,7 @@ def guard(rules: dict[str, Any], names: Sequence[str]) -> None:
 
 def _guarded(f: Any) -> Any:
     sig = inspect.signature(f.fun)
-    params = list(sig.parameters)
-    nondiff = set(f.nondiff_argnums)
+    settings = {name for i, name in enumerate(sig.parameters) if i in f.nondiff_argnums}
     rule = f.__name__
 
     @functools.wraps(f.fun)
@@ -121,7 +120,7 @@ def _guarded(f: Any) -> Any:
         except TypeError as e:
             raise TypeError(f"{rule}: {e}; the signature is {rule}{sig}") from None
         for p, v in bound.arguments.items():
-            if params.index(p) in nondiff:
+            if p in settings:
                 if isinstance(v, jax.core.Tracer) or (isinstance(v, (tuple, list)) and
                                                       any(isinstance(u, jax.core.Tracer) for u in v)):
                     raise TypeError(f"{rule}: {p} is a static setting and must be a Python value, got a traced "

@@ -29,7 +29,11 @@ import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 
-__all__ = ["check_rule", "check_sharded", "default_tolerance", "residual_bytes"]
+__all__ = ["VALUES_ONLY", "check_rule", "check_sharded", "default_tolerance", "residual_bytes"]
+
+#: ``check_rule(..., **VALUES_ONLY)``: the primal and the VJP against the reference, in one compilation,
+#: nothing else (for many cases of a rule whose transformations are checked elsewhere).
+VALUES_ONLY = dict(fd=False, jit=False, vmap=False, grad_grad=False, eager=False, checkpoint=False, scan=False)
 
 _TOLERANCE = {
     np.dtype(np.float64): (1e-7, 1e-10),

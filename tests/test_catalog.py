@@ -2,6 +2,7 @@
 
 bfloat16 and float16 (and random shapes in every dtype) are in tests/test_properties.py."""
 
+import importlib
 import inspect
 
 import jax
@@ -10,8 +11,6 @@ import numpy as np
 import pytest
 
 import jaxrules as jr
-import importlib
-
 from jaxrules import activations, arithmetic, catalog, fused, linear, losses, pooling
 from jaxrules.testing import check_rule
 

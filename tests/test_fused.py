@@ -9,7 +9,7 @@ import pytest
 import jaxrules as jr
 from jaxrules.bench import compiled
 from jaxrules.catalog import plain_attention
-from jaxrules.testing import check_rule, residual_bytes
+from jaxrules.testing import VALUES_ONLY, check_rule, residual_bytes
 
 K = jax.random.split(jax.random.key(0), 8)
 Q32 = jax.random.normal(K[0], (2, 9, 4, 8), jnp.float32)
@@ -22,13 +22,11 @@ def test_attention_float32_against_jax_nn():
     for blk in (4, 11, 256):  # values and cotangents in float32 (the transformations ran in float64)
         check_rule(lambda q, k, v, b, m: jr.dot_product_attention(q, k, v, b, m, block_size=blk),
                    jax.nn.dot_product_attention, Q32, *KV32, bias, mask, name=f"attention block {blk}",
-                   fd=False, jit=False, vmap=False, grad_grad=False, eager=False,
-                   checkpoint=False, scan=False)
+                   **VALUES_ONLY)
     check_rule(lambda q, k, v: jr.dot_product_attention(q, k, v, is_causal=True, scale=0.2, block_size=4),
                lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=0.2),
                Q32, *(a[:, :9] for a in KV32), name="causal attention",
-               fd=False, jit=False, vmap=False, grad_grad=False, eager=False,
-                   checkpoint=False, scan=False)
+               **VALUES_ONLY)
 
 
 def test_attention_fully_masked_rows_give_zeros_not_nan():
@@ -62,8 +60,7 @@ def test_linear_xent_float32_against_optax_with_sizes_not_multiples_of_the_chunk
         check_rule(lambda x, W, c, b: jr.linear_softmax_cross_entropy(x, W, c, b, chunk_size=chunk),
                    lambda x, W, c, b: optax.softmax_cross_entropy_with_integer_labels(x @ W + b, c),
                    x, W, c, b, name=f"linear xent chunk {chunk}",
-                   fd=False, jit=False, vmap=False, grad_grad=False, eager=False,
-                   checkpoint=False, scan=False)
+                   **VALUES_ONLY)
 
 
 def test_linear_xent_masked_rows_have_zero_loss_and_gradient():

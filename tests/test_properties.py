@@ -14,7 +14,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from jaxrules import catalog
-from jaxrules.testing import check_rule
+from jaxrules.testing import VALUES_ONLY, check_rule
 from strategies import NAMES, ROWS, strategy
 
 DTYPES = [jnp.float64, jnp.float32, jnp.bfloat16, jnp.float16]
@@ -36,5 +36,4 @@ def test_rule_on_random_shapes_settings_and_dtypes(name, dtype, data):
     note(ex.note)
     rtol, atol = ROWS[name][0].tolerance(dtype)
     check_rule(ex.fn, ex.reference, *args, name=f"{ex.note} in {jnp.dtype(dtype).name}", rtol=rtol, atol=atol,
-               fd=False, jit=False, vmap=False, grad_grad=False, eager=False, checkpoint=False, scan=False,
-               seed=seed)
+               seed=seed, **VALUES_ONLY)
