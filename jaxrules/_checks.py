@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import numbers
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -86,46 +84,3 @@ def mask(rule: str, where: Any, shape: tuple[int, ...], missing: tuple[int, ...]
         return jnp.broadcast_to(m, shape)
     except ValueError:
         raise ValueError(f"{rule}: where with shape {jnp.shape(where)} does not broadcast to {shape}") from None
-
-
-def guard(rules: dict[str, Any], names: Sequence[str]) -> None:
-    """Replace each ``jax.custom_vjp`` rule ``rules[name]`` by a function with the same signature
-    that first gives the clear errors jax.custom_vjp would otherwise raise in its own words:
-
-    * a setting (a ``nondiff_argnums`` argument) that is a traced array, e.g. computed under jit;
-    * a string where an array goes (custom_vjp rejects it before the rule's checks run);
-    * arguments that do not fit the signature.
-
-    Aliases (two names of one rule) stay one object. Used once at the end of each rule module.
-    """
-    done: dict[int, Any] = {}
-    for name in names:
-        f = rules[name]
-        if id(f) in done:
-            rules[name] = done[id(f)]
-            continue
-        if isinstance(f, jax.custom_vjp):
-            done[id(f)] = rules[name] = _guarded(f)
-
-
-def _guarded(f: Any) -> Any:
-    sig = inspect.signature(f.fun)
-    settings = {name for i, name in enumerate(sig.parameters) if i in f.nondiff_argnums}
-    rule = f.__name__
-
-    @functools.wraps(f.fun)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            bound = sig.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{rule}: {e}; the signature is {rule}{sig}") from None
-        for p, v in bound.arguments.items():
-            if p in settings:
-                if isinstance(v, jax.core.Tracer) or (isinstance(v, (tuple, list)) and
-                                                      any(isinstance(u, jax.core.Tracer) for u in v)):
-                    raise TypeError(f"{rule}: {p} is a static setting and must be a Python value, got a traced "
-                                    f"array; under jax.jit, pass it with static_argnums or close over a Python value")
-            elif isinstance(v, (str, bytes)):
-                raise TypeError(f"{rule}: argument {p} must be an array, got {type(v).__name__}")
-        return f(*args, **kwargs)
-    return call

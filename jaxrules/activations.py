@@ -14,15 +14,14 @@ subgradient is chosen; it is the one ``jax.nn`` uses unless stated.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxrules import _checks
-from jaxrules._checks import floating, static_bool, static_number
+from jaxrules._rule import rule
+from jaxrules._checks import static_bool, static_number
 
 Array = jax.Array
 
@@ -42,15 +41,16 @@ def _mask(x, cond):
     return jnp.where(jnp.isnan(x), jnp.int8(-1), cond.astype(jnp.int8))
 
 
-def _masked(m, on, off=None):
-    """The cotangent ``on`` where the mask holds, ``off`` (default 0) where not, NaN where x was NaN."""
-    off = jnp.zeros_like(on) if off is None else off
-    return jnp.where(m > 0, on, jnp.where(m == 0, off, jnp.full_like(on, jnp.nan)))
+def _slope(m, g, on=1, off=0):
+    """σ'(x) from the mask, in g's dtype: ``on`` where it holds, ``off`` where not, NaN where x was NaN.
+
+    The backward multiplies ȳ by it (linear in ȳ, so the forward-mode twin is its transpose)."""
+    return jnp.where(m > 0, jnp.asarray(on, g.dtype), jnp.where(m == 0, jnp.asarray(off, g.dtype), jnp.nan))
 
 
 # --- sigmoid ---------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.sigmoid)
 def sigmoid(x: ArrayLike) -> Array:
     r"""Logistic sigmoid, saving only its output.
 
@@ -59,11 +59,11 @@ def sigmoid(x: ArrayLike) -> Array:
     Args: x: floating array of any shape. Returns: y, same shape and dtype.
     Finite for every input: σ'(±1000) = 0, not NaN.
     """
-    return lax.logistic(floating("sigmoid", "x", x))
+    return lax.logistic(x)
 
 
 def _sigmoid_fwd(x):
-    y = sigmoid(x)
+    y = sigmoid.call(x)
     return y, y
 
 
@@ -76,17 +76,17 @@ sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
 
 # --- tanh ------------------------------------------------------------------------------------
 
-@jax.custom_vjp
-def tanh(x: ArrayLike) -> Array:
+@rule(like=jax.nn.tanh)
+def tanh(x: ArrayLike, /) -> Array:
     r"""Hyperbolic tangent, saving only its output.
 
     .. math:: y = \tanh(x),        \bar x = (1 - y^2) ∘ \bar y
     """
-    return jnp.tanh(floating("tanh", "x", x))
+    return jnp.tanh(x)
 
 
 def _tanh_fwd(x):
-    y = tanh(x)
+    y = tanh.call(x)
     return y, y
 
 
@@ -99,8 +99,8 @@ tanh.defvjp(_tanh_fwd, _tanh_bwd)
 
 # --- relu ------------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def relu(x: ArrayLike, grad_at_zero: float = 0.0) -> Array:
+@rule(like=jax.nn.relu, settings=("grad_at_zero",))
+def relu(x: ArrayLike, *, grad_at_zero: float = 0.0) -> Array:
     r"""Rectified linear unit, saving a one-byte mask.
 
     .. math:: y = \max(x, 0),        \bar x = 1[x > 0] ∘ \bar y  (+ c · 1[x = 0] ∘ \bar y)
@@ -110,12 +110,11 @@ def relu(x: ArrayLike, grad_at_zero: float = 0.0) -> Array:
     Keeps one byte per element whatever c is. x̄ is NaN where x is NaN (``jax.nn.relu`` gives 0).
     """
     static_number("relu", "grad_at_zero", grad_at_zero, low=0.0, high=1.0)
-    x = floating("relu", "x", x)
     return jnp.maximum(x, 0).astype(x.dtype)
 
 
 def _relu_fwd(x, grad_at_zero):
-    y = relu(x, grad_at_zero)
+    y = relu.call(x, grad_at_zero)
     c = float(grad_at_zero)
     if c in (0.0, 1.0):
         return y, _mask(x, x > 0 if c == 0.0 else x >= 0)
@@ -124,8 +123,8 @@ def _relu_fwd(x, grad_at_zero):
 
 def _relu_bwd(grad_at_zero, m, g):
     if float(grad_at_zero) in (0.0, 1.0):  # the kink is folded into the mask
-        return (_masked(m, g),)
-    return (jnp.where(m == 2, g * grad_at_zero, _masked(m, g)),)
+        return (g * _slope(m, g),)
+    return (g * jnp.where(m == 2, jnp.asarray(grad_at_zero, g.dtype), _slope(m, g)),)
 
 
 relu.defvjp(_relu_fwd, _relu_bwd)
@@ -133,7 +132,7 @@ relu.defvjp(_relu_fwd, _relu_bwd)
 
 # --- leaky_relu ------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.leaky_relu, settings=("negative_slope",))
 def leaky_relu(x: ArrayLike, negative_slope: float = 0.01) -> Array:
     r"""Leaky ReLU with slope α below zero, saving a one-byte mask.
 
@@ -142,16 +141,15 @@ def leaky_relu(x: ArrayLike, negative_slope: float = 0.01) -> Array:
     At x = 0 the slope is 1, as in ``jax.nn.leaky_relu``. α (``negative_slope``) is static.
     """
     a = static_number("leaky_relu", "negative_slope", negative_slope)
-    x = floating("leaky_relu", "x", x)
     return jnp.where(x >= 0, x, a * x)
 
 
 def _leaky_relu_fwd(x, negative_slope):
-    return leaky_relu(x, negative_slope), _mask(x, x >= 0)
+    return leaky_relu.call(x, negative_slope), _mask(x, x >= 0)
 
 
 def _leaky_relu_bwd(negative_slope, m, g):
-    return (_masked(m, g, g * negative_slope),)
+    return (g * _slope(m, g, 1, negative_slope),)
 
 
 leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
@@ -159,7 +157,7 @@ leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 
 # --- elu -------------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.elu, settings=("alpha",))
 def elu(x: ArrayLike, alpha: float = 1.0) -> Array:
     r"""Exponential linear unit, saving its output (for α ≥ 0).
 
@@ -170,12 +168,11 @@ def elu(x: ArrayLike, alpha: float = 1.0) -> Array:
     kept instead. At x = 0 the slope is α, as in ``jax.nn.elu``.
     """
     a = static_number("elu", "alpha", alpha)
-    x = floating("elu", "x", x)
     return jnp.where(x > 0, x, a * jnp.expm1(jnp.where(x > 0, 0, x)))
 
 
 def _elu_fwd(x, alpha):
-    y = elu(x, alpha)
+    y = elu.call(x, alpha)
     return y, (y if alpha >= 0 else x)
 
 
@@ -190,7 +187,7 @@ elu.defvjp(_elu_fwd, _elu_bwd)
 
 # --- celu ------------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.celu, settings=("alpha",))
 def celu(x: ArrayLike, alpha: float = 1.0) -> Array:
     r"""Continuously-differentiable ELU, saving its output.
 
@@ -202,12 +199,11 @@ def celu(x: ArrayLike, alpha: float = 1.0) -> Array:
     a = static_number("celu", "alpha", alpha)
     if a == 0:
         raise ValueError("celu: alpha must be nonzero, got 0.0")
-    x = floating("celu", "x", x)
     return jnp.maximum(x, 0.0) + a * jnp.expm1(jnp.minimum(x, 0.0) / a)
 
 
 def _celu_fwd(x, alpha):
-    y = celu(x, alpha)
+    y = celu.call(x, alpha)
     return y, y
 
 
@@ -224,19 +220,18 @@ _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 
 
-@jax.custom_vjp
+@rule(like=jax.nn.selu)
 def selu(x: ArrayLike) -> Array:
     r"""Scaled ELU (λ ≈ 1.0507, α ≈ 1.6733), saving its output.
 
     .. math:: y = λ(x \text{ if } x > 0 \text{ else } α(e^x - 1)),
               \bar x = (λ \text{ if } y > 0 \text{ else } y + λα) ∘ \bar y
     """
-    x = floating("selu", "x", x)
     return _SELU_SCALE * jnp.where(x > 0, x, _SELU_ALPHA * jnp.expm1(jnp.where(x > 0, 0, x)))
 
 
 def _selu_fwd(x):
-    y = selu(x)
+    y = selu.call(x)
     return y, y
 
 
@@ -258,7 +253,7 @@ def _times(x: Array, w: Array) -> Array:
     return jnp.where(w == 0, 0, x * w)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.gelu, settings=("approximate",))
 def gelu(x: ArrayLike, approximate: bool = True) -> Array:
     r"""Gaussian error linear unit, saving its input.
 
@@ -273,7 +268,6 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
     Where |x| is so large that 1 - t² is 0, the second term is taken as 0 (never 0·∞ = NaN).
     """
     static_bool("gelu", "approximate", approximate)
-    x = floating("gelu", "x", x)
     if approximate:
         cdf = 0.5 * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x ** 3))))
         return x * cdf
@@ -281,7 +275,7 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
 
 
 def _gelu_fwd(x, approximate):
-    return gelu(x, approximate), x
+    return gelu.call(x, approximate), x
 
 
 def _gelu_bwd(approximate, x, g):
@@ -302,7 +296,7 @@ gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 # --- silu / swish ----------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.silu)
 def silu(x: ArrayLike) -> Array:
     r"""SiLU (swish), x·σ(x), saving its input.
 
@@ -310,12 +304,11 @@ def silu(x: ArrayLike) -> Array:
 
     At x = ±inf the slope is its limit (1, 0), never ∞·0 = NaN; the same for gelu and mish.
     """
-    x = floating("silu", "x", x)
     return x * lax.logistic(x)
 
 
 def _silu_fwd(x):
-    return silu(x), x
+    return silu.call(x), x
 
 
 def _silu_bwd(x, g):
@@ -330,7 +323,7 @@ swish = silu
 
 # --- softplus --------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.softplus)
 def softplus(x: ArrayLike) -> Array:
     r"""Softplus, log(1 + eˣ), saving its output.
 
@@ -338,12 +331,11 @@ def softplus(x: ArrayLike) -> Array:
 
     1 - e^{-y} is computed as -expm1(-y): exact for tiny y (x → -∞), 1 at x = +∞, 1/2 at 0.
     """
-    x = floating("softplus", "x", x)
     return jnp.logaddexp(x, 0)
 
 
 def _softplus_fwd(x):
-    y = softplus(x)
+    y = softplus.call(x)
     return y, y
 
 
@@ -356,18 +348,17 @@ softplus.defvjp(_softplus_fwd, _softplus_bwd)
 
 # --- log_sigmoid -----------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.log_sigmoid)
 def log_sigmoid(x: ArrayLike) -> Array:
     r"""log σ(x) = -softplus(-x), saving its output.
 
     .. math:: y = \log σ(x),        \bar x = (1 - σ(x)) ∘ \bar y = -\operatorname{expm1}(y) ∘ \bar y
     """
-    x = floating("log_sigmoid", "x", x)
     return -jnp.logaddexp(-x, 0)
 
 
 def _log_sigmoid_fwd(x):
-    y = log_sigmoid(x)
+    y = log_sigmoid.call(x)
     return y, y
 
 
@@ -380,19 +371,18 @@ log_sigmoid.defvjp(_log_sigmoid_fwd, _log_sigmoid_bwd)
 
 # --- mish ------------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.mish)
 def mish(x: ArrayLike) -> Array:
     r"""Mish, x·tanh(softplus(x)), saving its input.
 
     .. math:: y = x\tanh(s), s = \log(1 + e^x),
               \bar x = (\tanh(s) + x(1 - \tanh^2(s))σ(x)) ∘ \bar y
     """
-    x = floating("mish", "x", x)
     return x * jnp.tanh(jnp.logaddexp(x, 0))
 
 
 def _mish_fwd(x):
-    return mish(x), x
+    return mish.call(x), x
 
 
 def _mish_bwd(x, g):
@@ -405,7 +395,7 @@ mish.defvjp(_mish_fwd, _mish_bwd)
 
 # --- relu6 -----------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.relu6)
 def relu6(x: ArrayLike) -> Array:
     r"""ReLU capped at 6, saving a one-byte mask.
 
@@ -413,16 +403,15 @@ def relu6(x: ArrayLike) -> Array:
 
     Slope 0 at both kinks (x = 0 and x = 6), as in ``jax.nn.relu6``.
     """
-    x = floating("relu6", "x", x)
     return jnp.minimum(jnp.maximum(x, 0), 6.0)
 
 
 def _relu6_fwd(x):
-    return relu6(x), _mask(x, (x > 0) & (x < 6))
+    return relu6.call(x), _mask(x, (x > 0) & (x < 6))
 
 
 def _relu6_bwd(m, g):
-    return (_masked(m, g),)
+    return (g * _slope(m, g),)
 
 
 relu6.defvjp(_relu6_fwd, _relu6_bwd)
@@ -430,7 +419,7 @@ relu6.defvjp(_relu6_fwd, _relu6_bwd)
 
 # --- hard_sigmoid ----------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.hard_sigmoid)
 def hard_sigmoid(x: ArrayLike) -> Array:
     r"""Hard sigmoid, relu6(x + 3)/6, saving a one-byte mask.
 
@@ -438,16 +427,15 @@ def hard_sigmoid(x: ArrayLike) -> Array:
 
     Slope 0 at x = ±3, as in ``jax.nn.hard_sigmoid``.
     """
-    x = floating("hard_sigmoid", "x", x)
     return jnp.minimum(jnp.maximum(x + 3.0, 0), 6.0) / 6.0
 
 
 def _hard_sigmoid_fwd(x):
-    return hard_sigmoid(x), _mask(x, (x > -3) & (x < 3))
+    return hard_sigmoid.call(x), _mask(x, (x > -3) & (x < 3))
 
 
 def _hard_sigmoid_bwd(m, g):
-    return (_masked(m, g / 6),)
+    return (g * _slope(m, g, 1 / 6),)
 
 
 hard_sigmoid.defvjp(_hard_sigmoid_fwd, _hard_sigmoid_bwd)
@@ -455,19 +443,18 @@ hard_sigmoid.defvjp(_hard_sigmoid_fwd, _hard_sigmoid_bwd)
 
 # --- hard_silu / hard_swish ------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.hard_silu)
 def hard_silu(x: ArrayLike) -> Array:
     r"""Hard SiLU (hard swish), x·hard_sigmoid(x), saving its input.
 
     .. math:: y = x\,h(x), h(x) = \mathrm{relu6}(x + 3)/6,
               \bar x = (h(x) + \tfrac{x}{6} 1[-3 < x < 3]) ∘ \bar y
     """
-    x = floating("hard_silu", "x", x)
     return x * (jnp.minimum(jnp.maximum(x + 3.0, 0), 6.0) / 6.0)
 
 
 def _hard_silu_fwd(x):
-    return hard_silu(x), x
+    return hard_silu.call(x), x
 
 
 def _hard_silu_bwd(x, g):
@@ -482,7 +469,7 @@ hard_swish = hard_silu
 
 # --- hard_tanh -------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.hard_tanh)
 def hard_tanh(x: ArrayLike) -> Array:
     r"""Hard tanh, x clipped to [-1, 1], saving a one-byte mask.
 
@@ -490,16 +477,15 @@ def hard_tanh(x: ArrayLike) -> Array:
 
     Slope 1 at x = ±1, as in ``jax.nn.hard_tanh``.
     """
-    x = floating("hard_tanh", "x", x)
     return jnp.where(x > 1, 1, jnp.where(x < -1, -1, x)).astype(x.dtype)
 
 
 def _hard_tanh_fwd(x):
-    return hard_tanh(x), _mask(x, (x >= -1) & (x <= 1))
+    return hard_tanh.call(x), _mask(x, (x >= -1) & (x <= 1))
 
 
 def _hard_tanh_bwd(m, g):
-    return (_masked(m, g),)
+    return (g * _slope(m, g),)
 
 
 hard_tanh.defvjp(_hard_tanh_fwd, _hard_tanh_bwd)
@@ -507,7 +493,7 @@ hard_tanh.defvjp(_hard_tanh_fwd, _hard_tanh_bwd)
 
 # --- soft_sign -------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.soft_sign)
 def soft_sign(x: ArrayLike) -> Array:
     r"""Softsign, x/(|x| + 1), saving its input.
 
@@ -515,12 +501,11 @@ def soft_sign(x: ArrayLike) -> Array:
 
     The input is kept rather than y: (1 - |y|)² would lose all precision for large |x|.
     """
-    x = floating("soft_sign", "x", x)
     return x / (jnp.abs(x) + 1)
 
 
 def _soft_sign_fwd(x):
-    return soft_sign(x), x
+    return soft_sign.call(x), x
 
 
 def _soft_sign_bwd(x, g):
@@ -533,7 +518,7 @@ soft_sign.defvjp(_soft_sign_fwd, _soft_sign_bwd)
 
 # --- squareplus ------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.squareplus, settings=("b",))
 def squareplus(x: ArrayLike, b: float = 4) -> Array:
     r"""Squareplus, (x + √(x² + b))/2, saving its output.
 
@@ -545,7 +530,6 @@ def squareplus(x: ArrayLike, b: float = 4) -> Array:
     overflow near the largest float16.
     """
     bb = static_number("squareplus", "b", b, low=0.0)
-    x = floating("squareplus", "x", x)
     r = jnp.hypot(x, math.sqrt(bb))  # √(x² + b) without overflow of x²
     half_r, half_x = r / 2, x / 2  # halved first: x + r overflows at the top of float16 and bfloat16
     neg = jnp.where(x < 0, (bb / 4) / (half_r - half_x), 0)
@@ -553,7 +537,7 @@ def squareplus(x: ArrayLike, b: float = 4) -> Array:
 
 
 def _squareplus_fwd(x, b):
-    y = squareplus(x, b)
+    y = squareplus.call(x, b)
     return y, y
 
 
@@ -567,7 +551,7 @@ squareplus.defvjp(_squareplus_fwd, _squareplus_bwd)
 
 # --- sparse_plus -----------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.sparse_plus)
 def sparse_plus(x: ArrayLike) -> Array:
     r"""Sparse plus, saving its output.
 
@@ -576,12 +560,11 @@ def sparse_plus(x: ArrayLike) -> Array:
 
     On (-1, 1), √y = (x + 1)/2; below, y = 0; above, y ≥ 1: the slope is min(√y, 1).
     """
-    x = floating("sparse_plus", "x", x)
     return jnp.where(x <= -1.0, 0.0, jnp.where(x >= 1.0, x, (x + 1.0) ** 2 / 4)).astype(x.dtype)
 
 
 def _sparse_plus_fwd(x):
-    y = sparse_plus(x)
+    y = sparse_plus.call(x)
     return y, y
 
 
@@ -595,7 +578,7 @@ sparse_plus.defvjp(_sparse_plus_fwd, _sparse_plus_bwd)
 
 # --- sparse_sigmoid --------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=jax.nn.sparse_sigmoid)
 def sparse_sigmoid(x: ArrayLike) -> Array:
     r"""Sparse sigmoid, the slope of sparse_plus, saving a one-byte mask.
 
@@ -603,16 +586,15 @@ def sparse_sigmoid(x: ArrayLike) -> Array:
 
     Slope 0 at x = ±1 (jax differentiates ``clip`` to 1/4 there; both lie in the subdifferential).
     """
-    x = floating("sparse_sigmoid", "x", x)
     return 0.5 * jnp.clip(x + 1.0, 0.0, 2.0)
 
 
 def _sparse_sigmoid_fwd(x):
-    return sparse_sigmoid(x), _mask(x, (x > -1) & (x < 1))
+    return sparse_sigmoid.call(x), _mask(x, (x > -1) & (x < 1))
 
 
 def _sparse_sigmoid_bwd(m, g):
-    return (_masked(m, g / 2),)
+    return (g * _slope(m, g, 0.5),)
 
 
 sparse_sigmoid.defvjp(_sparse_sigmoid_fwd, _sparse_sigmoid_bwd)
@@ -626,7 +608,7 @@ def _rrelu_slopes(key, shape, dtype, lower, upper, training):
     return jnp.full(shape, (lower + upper) / 2, dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@rule(settings=("lower", "upper", "training"))
 def rrelu(x: ArrayLike, key: ArrayLike, lower: float = 1 / 8, upper: float = 1 / 3,
           training: bool = True) -> Array:
     r"""Randomized leaky ReLU (seed 003): a slope a ~ U(lower, upper) per element below zero.
@@ -640,22 +622,20 @@ def rrelu(x: ArrayLike, key: ArrayLike, lower: float = 1 / 8, upper: float = 1 /
     lo = static_number("rrelu", "lower", lower)
     hi = static_number("rrelu", "upper", upper, low=lo)
     static_bool("rrelu", "training", training)
-    x = floating("rrelu", "x", x)
     a = _rrelu_slopes(key, x.shape, x.dtype, lo, hi, training)
     return jnp.where(x >= 0, x, a * x)
 
 
 def _rrelu_fwd(x, key, lower, upper, training):
-    return rrelu(x, key, lower, upper, training), (_mask(x, x >= 0), key)
+    return rrelu.call(x, key, lower, upper, training), (_mask(x, x >= 0), key)
 
 
 def _rrelu_bwd(lower, upper, training, res, g):
     m, key = res
     a = _rrelu_slopes(key, g.shape, g.dtype, float(lower), float(upper), training)
-    return _masked(m, g, a * g), None
+    return g * _slope(m, g, 1, a), None
 
 
 rrelu.defvjp(_rrelu_fwd, _rrelu_bwd)
 
 
-_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

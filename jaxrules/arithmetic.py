@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrules import _checks
 from jaxrules._broadcast import Static, broadcast_shapes, unbroadcast
+from jaxrules._rule import rule
 
 Array = jax.Array
 
@@ -48,7 +48,7 @@ def _cotangent(g, shape_dtype):
 
 # --- add -------------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(floats=())
 def add(x: ArrayLike, y: ArrayLike) -> Array:
     r"""Elementwise sum with broadcasting.
 
@@ -61,7 +61,7 @@ def add(x: ArrayLike, y: ArrayLike) -> Array:
 
 
 def _add_fwd(x, y):
-    return add(x, y), _operands("add", x, y)
+    return add.call(x, y), _operands("add", x, y)
 
 
 def _add_bwd(meta, g):
@@ -74,7 +74,7 @@ add.defvjp(_add_fwd, _add_bwd)
 
 # --- subtract --------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(floats=())
 def subtract(x: ArrayLike, y: ArrayLike) -> Array:
     r"""Elementwise difference with broadcasting.
 
@@ -85,7 +85,7 @@ def subtract(x: ArrayLike, y: ArrayLike) -> Array:
 
 
 def _subtract_fwd(x, y):
-    return subtract(x, y), _operands("subtract", x, y)
+    return subtract.call(x, y), _operands("subtract", x, y)
 
 
 def _subtract_bwd(meta, g):
@@ -98,7 +98,7 @@ subtract.defvjp(_subtract_fwd, _subtract_bwd)
 
 # --- multiply --------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(floats=())
 def multiply(x: ArrayLike, y: ArrayLike) -> Array:
     r"""Elementwise (Hadamard) product with broadcasting (seed 001, "Product").
 
@@ -111,7 +111,7 @@ def multiply(x: ArrayLike, y: ArrayLike) -> Array:
 
 
 def _multiply_fwd(x, y):
-    return multiply(x, y), (x, y, _operands("multiply", x, y))
+    return multiply.call(x, y), (x, y, _operands("multiply", x, y))
 
 
 def _multiply_bwd(res, g):
@@ -125,7 +125,7 @@ multiply.defvjp(_multiply_fwd, _multiply_bwd)
 
 # --- divide ----------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(floats=())
 def divide(x: ArrayLike, y: ArrayLike) -> Array:
     r"""Elementwise true division with broadcasting.
 
@@ -138,7 +138,7 @@ def divide(x: ArrayLike, y: ArrayLike) -> Array:
 
 
 def _divide_fwd(x, y):
-    return divide(x, y), (x, y, _operands("divide", x, y))
+    return divide.call(x, y), (x, y, _operands("divide", x, y))
 
 
 def _divide_bwd(res, g):
@@ -149,6 +149,3 @@ def _divide_bwd(res, g):
 
 
 divide.defvjp(_divide_fwd, _divide_bwd)
-
-
-_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

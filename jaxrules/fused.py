@@ -12,7 +12,6 @@ keeping the inputs, the output and one logsumexp per query row; the backward rec
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jaxrules._checks import floating
+from jaxrules._rule import rule
 
 Array = jax.Array
 
@@ -121,7 +121,7 @@ def _lsce_forward(x, W, labels, b, where, chunk):
     return loss.astype(x.dtype), lse
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5,))
+@rule(settings=("chunk",))
 def _lsce(x, W, labels, b, where, chunk):
     return _lsce_forward(x, W, labels, b, where, chunk)[0]
 
@@ -287,7 +287,7 @@ def _attention_forward(q, k, v, b4, m4, scale, is_causal, block):
     return jnp.swapaxes(o, 1, 2).astype(q.dtype), lse
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@rule(settings=("scale", "is_causal", "block"))
 def _attention(q, k, v, b4, m4, scale, is_causal, block):
     return _attention_forward(q, k, v, b4, m4, scale, is_causal, block)[0]
 

@@ -11,7 +11,6 @@ weights: x̄ is a transposed convolution of ȳ with W, W̄ a correlation of x wi
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import jax
@@ -19,9 +18,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxrules import _checks, _windows
+from jaxrules import _windows
 from jaxrules._broadcast import Static, broadcast_shapes, unbroadcast
 from jaxrules._checks import floating
+from jaxrules._rule import rule
 
 Array = jax.Array
 
@@ -50,7 +50,7 @@ def _matmul_check(a, b):
     return a, b
 
 
-@jax.custom_vjp
+@rule(like=jnp.matmul, floats=("a", "b"))
 def matmul(a: ArrayLike, b: ArrayLike) -> Array:
     r"""Matrix product with ``jnp.matmul`` semantics (vectors, broadcast batch dimensions).
 
@@ -67,7 +67,7 @@ def matmul(a: ArrayLike, b: ArrayLike) -> Array:
 
 
 def _matmul_fwd(a, b):
-    return matmul(a, b), (a, b)
+    return matmul.call(a, b), (a, b)
 
 
 def _matmul_bwd(res, g):
@@ -100,7 +100,7 @@ def _dense_check(x, W, b):
     return x, W, b
 
 
-@jax.custom_vjp
+@rule(floats=("x", "W", "b"))
 def dense(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None) -> Array:
     r"""Affine layer y = x W + b, batched over the leading axes of x.
 
@@ -117,7 +117,7 @@ def dense(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None) -> Array:
 
 
 def _dense_fwd(x, W, b):
-    return dense(x, W, b), (x, W, Static(None if b is None else jnp.result_type(b)))
+    return dense.call(x, W, b), (x, W, Static(None if b is None else jnp.result_type(b)))
 
 
 def _dense_bwd(res, g):
@@ -168,7 +168,7 @@ def _conv_forward(x, W, s, p, d):
                                     dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@rule(settings=("strides", "padding", "dilation"), floats=("x", "W", "b"))
 def conv(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None, strides: int | Sequence[int] = 1,
          padding: str | Sequence[tuple[int, int]] = "VALID", dilation: int | Sequence[int] = 1) -> Array:
     r"""N-d convolution (cross-correlation) with flax's layout, for 1 to 3 spatial dimensions.
@@ -191,7 +191,7 @@ def conv(x: ArrayLike, W: ArrayLike, b: ArrayLike | None = None, strides: int | 
 
 
 def _conv_fwd(x, W, b, strides, padding, dilation):
-    return conv(x, W, b, strides, padding, dilation), (x, W, Static(None if b is None else jnp.result_type(b)))
+    return conv.call(x, W, b, strides, padding, dilation), (x, W, Static(None if b is None else jnp.result_type(b)))
 
 
 def _conv_bwd(strides, padding, dilation, res, g):
@@ -219,6 +219,3 @@ def _conv_bwd(strides, padding, dilation, res, g):
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

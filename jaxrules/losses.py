@@ -12,17 +12,18 @@ exact and finite for any finite logits, where composing log_softmax and a produc
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 from jax.typing import ArrayLike
 
 from jaxrules import _checks
 from jaxrules._broadcast import Static, broadcast_shapes, unbroadcast
 from jaxrules._checks import floating
+from jaxrules._rule import rule
 from jaxrules.softmax import _setup, _shifted
 
 Array = jax.Array
@@ -49,7 +50,7 @@ def _targets(rule: str, predictions: Any, targets: Any):
 
 # --- squared_error ---------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=optax.squared_error, floats=("predictions", "targets"))
 def squared_error(predictions: ArrayLike, targets: ArrayLike | None = None) -> Array:
     r"""Elementwise squared error (seed 004: E = (f − y)², ∂E/∂f = 2(f − y)).
 
@@ -63,7 +64,7 @@ def squared_error(predictions: ArrayLike, targets: ArrayLike | None = None) -> A
 
 
 def _squared_error_fwd(predictions, targets):
-    return squared_error(predictions, targets), (predictions, targets)
+    return squared_error.call(predictions, targets), (predictions, targets)
 
 
 def _squared_error_bwd(res, g):
@@ -77,7 +78,7 @@ squared_error.defvjp(_squared_error_fwd, _squared_error_bwd)
 
 # --- l2_loss ---------------------------------------------------------------------------------
 
-@jax.custom_vjp
+@rule(like=optax.l2_loss, floats=("predictions", "targets"))
 def l2_loss(predictions: ArrayLike, targets: ArrayLike | None = None) -> Array:
     r"""Half the squared error, as ``optax.l2_loss``.
 
@@ -89,7 +90,7 @@ def l2_loss(predictions: ArrayLike, targets: ArrayLike | None = None) -> Array:
 
 
 def _l2_loss_fwd(predictions, targets):
-    return l2_loss(predictions, targets), (predictions, targets)
+    return l2_loss.call(predictions, targets), (predictions, targets)
 
 
 def _l2_loss_bwd(res, g):
@@ -111,7 +112,7 @@ def _kl_setup(log_predictions, targets, axis, where):
     return lp, t, axes, _checks.mask("kl_divergence", where, lp.shape, missing=axes)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@rule(like=optax.kl_divergence, settings=("axis",), floats=("log_predictions", "targets"))
 def kl_divergence(log_predictions: ArrayLike, targets: ArrayLike, axis: int | tuple[int, ...] | None = -1,
                   where: ArrayLike | None = None) -> Array:
     r"""KL(targets ‖ predictions) per example, from log-predictions (seed 003), as ``optax.kl_divergence``.
@@ -130,7 +131,7 @@ def kl_divergence(log_predictions: ArrayLike, targets: ArrayLike, axis: int | tu
 
 def _kl_divergence_fwd(log_predictions, targets, axis, where):
     lp, t, axes, mask = _kl_setup(log_predictions, targets, axis, where)
-    return kl_divergence(log_predictions, targets, axis, where), (lp, t, mask)
+    return kl_divergence.call(log_predictions, targets, axis, where), (lp, t, mask)
 
 
 def _kl_divergence_bwd(axis, res, g):
@@ -168,7 +169,7 @@ def _ce_forward(z, axes, mask, d):
     return -jnp.sum(terms, axis=axes), log_p
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@rule(like=optax.softmax_cross_entropy, settings=("axis",), floats=("logits", "labels"))
 def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int | tuple[int, ...] | None = -1,
                           where: ArrayLike | None = None) -> Array:
     r"""Cross-entropy between label distributions and softmax(logits), per example (as optax).
@@ -236,7 +237,7 @@ def _int_ce_forward(z, c, ax, mask):
     return loss, lse
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@rule(like=optax.softmax_cross_entropy_with_integer_labels, settings=("axis",))
 def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
                                               where: ArrayLike | None = None) -> Array:
     r"""Cross-entropy with integer class labels, per example (as optax).
@@ -289,7 +290,7 @@ def _bce_setup(logits, labels):
     return z, Static((jnp.shape(labels), jnp.result_type(labels)))
 
 
-@jax.custom_vjp
+@rule(like=optax.sigmoid_binary_cross_entropy)
 def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
     r"""Elementwise binary cross-entropy of labels d ∈ [0, 1] and σ(logits), as optax.
 
@@ -306,7 +307,7 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
 
 def _bce_fwd(logits, labels):
     z, meta = _bce_setup(logits, labels)
-    return sigmoid_binary_cross_entropy(logits, labels), (z, labels, meta)
+    return sigmoid_binary_cross_entropy.call(logits, labels), (z, labels, meta)
 
 
 def _bce_bwd(res, g):
@@ -319,6 +320,3 @@ def _bce_bwd(res, g):
 
 
 sigmoid_binary_cross_entropy.defvjp(_bce_fwd, _bce_bwd)
-
-
-_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

@@ -12,7 +12,6 @@ features), the window slides over the spatial axes.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Sequence
 
 import jax
@@ -24,6 +23,7 @@ from jax.typing import ArrayLike
 from jaxrules import _checks, _windows
 from jaxrules._broadcast import Static
 from jaxrules._checks import floating
+from jaxrules._rule import rule
 
 Array = jax.Array
 
@@ -50,7 +50,7 @@ def _max_index(x: Array, axes: tuple[int, ...]) -> Array:
     return jnp.argmax(flat, axis=-1).astype(jnp.int32)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@rule(settings=("axis", "keepdims"))
 def max(x: ArrayLike, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array:  # noqa: A001
     r"""Maximum over ``axis`` (an int, a tuple, or None for all), as ``jnp.max``.
 
@@ -65,7 +65,7 @@ def max(x: ArrayLike, axis: int | tuple[int, ...] | None = None, keepdims: bool 
 
 def _max_fwd(x, axis, keepdims):
     x, axes = _max_setup(x, axis)
-    return max(x, axis, keepdims), (_max_index(x, axes), Static((x.shape, x.dtype)))
+    return max.call(x, axis, keepdims), (_max_index(x, axes), Static((x.shape, x.dtype)))
 
 
 def _max_bwd(axis, keepdims, res, g):
@@ -122,7 +122,7 @@ def _argmax_reducer(a, b):
     return jnp.where(a_wins, va, vb), jnp.where(a_wins, ia, ib)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+@rule(settings=("window_shape", "strides", "padding"))
 def max_pool(x: ArrayLike, window_shape: Sequence[int], strides: Sequence[int] | None = None,
              padding: str | Sequence[tuple[int, int]] = "VALID") -> Array:
     r"""Max pooling (``flax.linen.max_pool``'s conventions): the max over each window.
@@ -172,7 +172,7 @@ def _window_counts(shape, window, s, p, dtype):
     return lax.reduce_window(ones, jnp.array(0, dtype), lax.add, dims, st, pads)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+@rule(settings=("window_shape", "strides", "padding", "count_include_pad"))
 def avg_pool(x: ArrayLike, window_shape: Sequence[int], strides: Sequence[int] | None = None,
              padding: str | Sequence[tuple[int, int]] = "VALID", count_include_pad: bool = True) -> Array:
     r"""Average pooling (``flax.linen.avg_pool``'s conventions).
@@ -194,7 +194,7 @@ def avg_pool(x: ArrayLike, window_shape: Sequence[int], strides: Sequence[int] |
 
 
 def _avg_pool_fwd(x, window_shape, strides, padding, count_include_pad):
-    y = avg_pool(x, window_shape, strides, padding, count_include_pad)
+    y = avg_pool.call(x, window_shape, strides, padding, count_include_pad)
     return y, Static((jnp.shape(x), jnp.result_type(x)))
 
 
@@ -215,6 +215,3 @@ def _avg_pool_bwd(window_shape, strides, padding, count_include_pad, meta, g):
 
 
 avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
-
-
-_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard

@@ -11,7 +11,6 @@ All three subtract the (masked) maximum first, so logits of any finite size are 
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -22,6 +21,7 @@ from jax.typing import ArrayLike
 from jaxrules import _checks
 from jaxrules._broadcast import Static, unbroadcast
 from jaxrules._checks import floating
+from jaxrules._rule import rule
 
 Array = jax.Array
 Axis = int | tuple[int, ...] | None
@@ -48,7 +48,7 @@ def _shifted(x: Array, axes: tuple[int, ...], mask: Array | None):
 
 # --- softmax ---------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.softmax, settings=("axis",))
 def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
     r"""Softmax along ``axis`` (an int or a tuple), saving only its output.
 
@@ -62,7 +62,7 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Ar
 
 
 def _softmax_fwd(x, axis, where):
-    y = softmax(x, axis, where)
+    y = softmax.call(x, axis, where)
     return y, y
 
 
@@ -88,7 +88,7 @@ def _log_softmax_forward(x, axes, mask):
     return y if mask is None else jnp.where(mask, y, -jnp.inf)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.log_softmax, settings=("axis",))
 def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
     r"""Log-softmax along ``axis``, saving only its output (and the mask, if given).
 
@@ -141,7 +141,7 @@ def _logsumexp_parts(x, axes, mask, b):
     return y
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 3, 4))
+@rule(like=jax.nn.logsumexp, settings=("axis", "keepdims", "return_sign"), floats=("a", "b"))
 def logsumexp(a: ArrayLike, axis: Axis = None, b: ArrayLike | None = None, keepdims: bool = False,
               return_sign: bool = False, where: ArrayLike | None = None) -> Array:
     r"""log Σ b·exp(a) over ``axis`` (None: all axes), with ``jax.nn.logsumexp``'s signature.
@@ -191,7 +191,7 @@ def _halves(rule: str, x: Any, axis: int):
     return x, ax
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(like=jax.nn.glu, settings=("axis",))
 def glu(x: ArrayLike, axis: int = -1) -> Array:
     r"""Gated linear unit: x split in halves (a, b) along ``axis``, a gated by σ(b).
 
@@ -205,7 +205,7 @@ def glu(x: ArrayLike, axis: int = -1) -> Array:
 
 
 def _glu_fwd(x, axis):
-    return glu(x, axis), x
+    return glu.call(x, axis), x
 
 
 def _glu_bwd(axis, x, g):
@@ -226,7 +226,7 @@ def _pairs(x: Array, ax: int) -> Array:
     return x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2))  # explicit sizes: x may have no elements
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@rule(settings=("axis",))
 def pair_product(x: ArrayLike, axis: int = -1) -> Array:
     r"""Seed 003's layer of multiplicative combination: products of neighbouring pairs along ``axis``.
 
@@ -240,7 +240,7 @@ def pair_product(x: ArrayLike, axis: int = -1) -> Array:
 
 
 def _pair_product_fwd(x, axis):
-    return pair_product(x, axis), x
+    return pair_product.call(x, axis), x
 
 
 def _pair_product_bwd(axis, x, g):
@@ -252,6 +252,3 @@ def _pair_product_bwd(axis, x, g):
 
 
 pair_product.defvjp(_pair_product_fwd, _pair_product_bwd)
-
-
-_checks.guard(globals(), __all__)  # clear errors for traced settings and strings, see _checks.guard
