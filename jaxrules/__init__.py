@@ -56,3 +56,11 @@ from jaxrules.pullback import pullback as pullback
 from jaxrules._broadcast import unbroadcast as unbroadcast
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``jaxrules.testing`` after a plain ``import jaxrules`` (as ``np.testing``), imported on first use."""
+    if name == "testing":
+        import importlib
+        return importlib.import_module("jaxrules.testing")
+    raise AttributeError(f"module 'jaxrules' has no attribute {name!r}")

@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrules._broadcast import Static
+
 try:  # the weak type of a result: no public API sets it
     from jax._src.lax.lax import _convert_element_type as _convert_weak
 except ImportError:  # pragma: no cover - a later JAX; results then keep the dtype, not the weak type
@@ -110,6 +112,20 @@ def _key(v: Any) -> Any:
         return repr(v)
 
 
+def _weak_like(ct: Any, t: Any) -> Any:
+    """A cotangent with its primal's weak type (jax.grad(jax.nn.relu)(0.7) is weakly typed, as 0.7 is).
+
+    Only the weak flag: a cotangent of another dtype is left alone for check_rule to catch."""
+    if t is None or not isinstance(ct, jax.Array) or ct.dtype != t[0] or bool(ct.weak_type) == t[1]:
+        return ct
+    return _convert_weak(ct, np.dtype(ct.dtype), t[1]) if _convert_weak is not None else ct
+
+
+def _config() -> tuple:
+    """The settings that change JAX's result types: x64, and standard or strict promotion."""
+    return jax.config.jax_enable_x64, jax.config.jax_numpy_dtype_promotion
+
+
 def _retype(y: Any, want: Any) -> Any:
     """y with the dtype and weak type of the ShapeDtypeStruct tree ``want`` (leaf by leaf)."""
     def one(a, w):
@@ -170,12 +186,22 @@ class Rule:
         @functools.wraps(fwd)
         def fwd_arrays(*args):
             # under jax.grad of a Python scalar, custom_vjp hands fwd the raw Python number
-            return fwd(*(jnp.asarray(a) if is_array and a is not None else a for a, is_array in zip(args, arrays)))
+            args = [jnp.asarray(a) if is_array and a is not None else a for a, is_array in zip(args, arrays)]
+            y, res = fwd(*args)
+            types = tuple((a.dtype, bool(getattr(a, "weak_type", False))) if isinstance(a, jax.Array) else None
+                          for a, is_array in zip(args, arrays) if is_array)
+            return y, (res, Static(types))
+
+        @functools.wraps(bwd)
+        def bwd_typed(*args):
+            *settings, (res, types), g = args
+            cts = bwd(*settings, res, g)
+            return tuple(_weak_like(ct, t) for ct, t in zip(cts, types.value))
 
         self._vjp = jax.custom_vjp(primal, nondiff_argnums=self.nondiff_argnums)
-        self._vjp.defvjp(fwd_arrays, bwd)
+        self._vjp.defvjp(fwd_arrays, bwd_typed)
         self._jvp = jax.custom_jvp(primal, nondiff_argnums=self.nondiff_argnums)
-        self._jvp.defjvp(functools.partial(_transposed_jvp, fwd_arrays, bwd, self.nondiff_argnums))
+        self._jvp.defjvp(functools.partial(_transposed_jvp, fwd_arrays, bwd_typed, self.nondiff_argnums))
         self.fwd, self.bwd = fwd, bwd
 
     # -- the public face ------------------------------------------------------------------------
@@ -187,33 +213,36 @@ class Rule:
             raise TypeError(f"{name}: {e}; the signature is {name}{self.__signature__}") from None
         bound.apply_defaults()
         vals = dict(bound.arguments)
-        for n in self.settings:
-            vals[n] = _setting(name, n, vals[n])
         for n in self._arrays:
             vals[n] = as_array(name, n, vals[n])
         want = None
-        if self.like is not None:
-            want = self._types(tuple((n, _key(vals[n])) for n in self._names if n in self._like_params))
+        if self.like is not None:  # the original sees the settings as given (np.float32(0.5) is not weak)
+            want = self._types(_config(), tuple((n, _key(vals[n])) for n in self._names if n in self._like_params))
+        for n in self.settings:
+            vals[n] = _setting(name, n, vals[n])
+        if isinstance(want, Exception) or (want is not None and not jax.tree_util.tree_leaves(want)):
+            want = None  # the original refuses these arguments: our own checks say why, or we compute
         ints = [n for n in self.floats if isinstance(vals[n], jax.Array) and not _is_float(vals[n].dtype)]
-        if ints:
-            kept = want is not None and not isinstance(want, Exception) and all(
-                not _is_float(w.dtype) for w in jax.tree_util.tree_leaves(want))
-            if kept:  # the original keeps integers (relu(2) == 2): no derivative to define
+        out = None if want is None else jax.tree_util.tree_leaves(want)[0].dtype
+        if ints and (out is None or not _is_float(out)):
+            if out is not None:  # the original keeps integers (relu(2) == 2): no derivative to define
                 return _retype(self.positional(*(vals[n] for n in self._names)), want)
-            if want is None or isinstance(want, Exception) or not jax.tree_util.tree_leaves(want):
-                dtype = vals[ints[0]].dtype
-                raise TypeError(f"{name}: argument {ints[0]} must have a floating dtype, got {dtype}"
-                                + (f" ({_qualname(self.like)} rejects it too)" if self.like is not None else
-                                   f"; cast it first, e.g. {ints[0]}.astype(jnp.float32)"))
-            dtype = jax.tree_util.tree_leaves(want)[0].dtype
-            for n in ints:
-                vals[n] = vals[n].astype(dtype)
+            raise TypeError(f"{name}: argument {ints[0]} must have a floating dtype, got {vals[ints[0]].dtype}"
+                            + (f" ({_qualname(self.like)} rejects it too)" if self.like is not None else
+                               f"; cast it first, e.g. {ints[0]}.astype(jnp.float32)"))
+        if out is not None:  # compute in the original's result dtype (ints promoted, bf16 widened by a setting)
+            for n in self.floats:
+                if isinstance(vals[n], jax.Array) and vals[n].dtype != out:
+                    vals[n] = vals[n].astype(out)
         args = [vals[n] for n in self._names]
         y = self.positional(*args) if self._vjp is None else self.call(*args)
-        return y if want is None or isinstance(want, Exception) else _retype(y, want)
+        return y if want is None else _retype(y, want)
 
-    def _original_types(self, key: tuple) -> Any:
-        """The original's result as ShapeDtypeStructs for these argument types, or the exception it raised."""
+    def _original_types(self, config: tuple, key: tuple) -> Any:
+        """The original's result as ShapeDtypeStructs for these argument types, or the exception it raised.
+
+        ``config`` (x64 and the promotion mode, which change result types) is part of the cache key."""
+        del config
         kw = {n: (v.struct() if isinstance(v, _ArrayKey) else v) for n, v in key}
         arrays = {n: v for n, v in kw.items() if isinstance(v, jax.ShapeDtypeStruct)}
         rest = {n: v for n, v in kw.items() if n not in arrays}

@@ -56,6 +56,13 @@ def _is_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
+def _weak(x: Any) -> bool:
+    """Whether x is weakly typed: a Python scalar, or an array made from one (``jnp.asarray(1.5)``)."""
+    if isinstance(x, (bool, int, float, complex)):
+        return True
+    return bool(getattr(x, "weak_type", False))
+
+
 def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -66,13 +73,13 @@ def _name(f: Callable) -> str:
 
 
 class _Checker:
-    def __init__(self, name: str, rtol: float, atol: float):
-        self.name, self.rtol, self.atol = name, rtol, atol
+    def __init__(self, name: str, rtol: float, atol: float, weak_type: bool = True):
+        self.name, self.rtol, self.atol, self.weak_type = name, rtol, atol, weak_type
 
     def fail(self, check: str, what: str, detail: str) -> None:
         raise AssertionError(f"{self.name}: {check}: {what}: {detail}")
 
-    def close(self, check: str, what: str, ours: Any, ref: Any, *, dtype: bool = True,
+    def close(self, check: str, what: str, ours: Any, ref: Any, *, dtype: bool = True, weak: bool = True,
               rtol: float | None = None, atol: float | None = None) -> None:
         rtol = self.rtol if rtol is None else rtol
         atol = self.atol if atol is None else atol
@@ -86,6 +93,8 @@ class _Checker:
                 self.fail(check, where, f"shape {jnp.shape(a)} differs from the reference's {jnp.shape(b)}")
             if dtype and jnp.result_type(a) != jnp.result_type(b):
                 self.fail(check, where, f"dtype {jnp.result_type(a)} differs from the reference's {jnp.result_type(b)}")
+            if dtype and weak and self.weak_type and _weak(a) != _weak(b):
+                self.fail(check, where, f"weak_type {_weak(a)} differs from the reference's {_weak(b)}")
             a64 = np.asarray(np.asarray(a).astype(np.float64))
             b64 = np.asarray(np.asarray(b).astype(np.float64))
             if a64.size == 0:
@@ -109,10 +118,10 @@ class _Checker:
     def cotangent_types(self, check: str, cts: Sequence[Any], args: Sequence[Any], argnums: Sequence[int]) -> None:
         for ct, i in zip(cts, argnums):
             want_shape, want_dtype = jnp.shape(args[i]), jnp.result_type(args[i])
-            if jnp.shape(ct) != want_shape or jnp.result_type(ct) != want_dtype:
+            if jnp.shape(ct) != want_shape or jnp.result_type(ct) != want_dtype or _weak(ct) != _weak(args[i]):
                 self.fail(check, f"cotangent of argument {i}",
-                          f"has shape {jnp.shape(ct)} and dtype {jnp.result_type(ct)}, but the argument has "
-                          f"shape {want_shape} and dtype {want_dtype}")
+                          f"has shape {jnp.shape(ct)}, dtype {jnp.result_type(ct)} and weak_type {_weak(ct)}, but "
+                          f"the argument has shape {want_shape}, dtype {want_dtype} and weak_type {_weak(args[i])}")
 
 
 def _random_like(rng: np.random.Generator, tree: Any) -> Any:
@@ -165,7 +174,7 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
                rtol: float | None = None, atol: float | None = None, name: str | None = None,
                fd: bool = True, fd_eps: float | None = None, fd_tol: float | None = None,
                jit: bool = True, vmap: bool = True, grad_grad: bool = True, eager: bool = True,
-               checkpoint: bool = True, scan: bool = True,
+               checkpoint: bool = True, scan: bool = True, weak_type: bool = True,
                dtypes: Sequence[Any] | Mapping[Any, tuple[float, float]] = (), seed: int = 0) -> None:
     """Check the rule ``f`` against ``reference`` on ``args``; raise AssertionError on any mismatch.
 
@@ -188,6 +197,9 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
       dtypes: a dtype sweep: the primal and the VJP again with the floating-point arguments cast to
         each of these dtypes, against the reference at that dtype, with :func:`default_tolerance`
         (or a mapping ``{dtype: (rtol, atol)}``); outputs and cotangents must keep the dtype.
+      weak_type: compare the output's weak type with the reference's (a drop-in for a jax.nn function
+        keeps its weak types; a reference written as a formula may not). Cotangents always have their
+        primal's weak type.
       seed: seeds the random cotangents and permutations.
 
     Returns None; raises AssertionError naming the rule, the check, the argument and the largest error.
@@ -198,7 +210,7 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
     argnums = tuple(argnums)
     ref_dtype = jnp.result_type(args[argnums[0]]) if argnums else jnp.float32
     d_rtol, d_atol = default_tolerance(ref_dtype)
-    c = _Checker(name, d_rtol if rtol is None else rtol, d_atol if atol is None else atol)
+    c = _Checker(name, d_rtol if rtol is None else rtol, d_atol if atol is None else atol, weak_type)
     rng = np.random.default_rng(seed)
 
     ours_vjp, ref_vjp = _vjp_fn(f, argnums), _vjp_fn(reference, argnums)
@@ -216,7 +228,7 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
         c.close(check, "output", y, y_ref)
         c.cotangent_types(check, cts, args, argnums)
         for ct, ct_ref, i in zip(cts, cts_ref, argnums):
-            c.close(check, f"cotangent of argument {i}", ct, ct_ref)
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref, weak=False)
 
     # 1. primal and 2. vjp against the reference: ours op by op or compiled, the reference compiled
     if eager:
@@ -240,7 +252,7 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
         c.close(check, "output", yd, yd_ref, rtol=r, atol=a)
         c.cotangent_types(check, cd, cast, argnums)
         for ct, ct_ref, i in zip(cd, cd_ref, argnums):
-            c.close(check, f"cotangent of argument {i}", ct, ct_ref, rtol=r, atol=a)
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref, rtol=r, atol=a, weak=False)
 
     # 3. finite differences in float64: all arguments in one compilation; on failure, one by one
     if fd:
@@ -298,7 +310,7 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
         for check, (o, p) in transformed(ybar, *args).items():
             if check == "grad of grad":
                 for g1, g2, i in zip(o, p, argnums):
-                    c.close(check, f"argument {i}", g1, g2)
+                    c.close(check, f"argument {i}", g1, g2, weak=False)
             else:
                 compare(check, o, p, y_ref, cts_ref)
 
@@ -353,7 +365,7 @@ def _batched_checks(c: _Checker, f: Callable, reference: Callable, ours_vjp: Cal
         part = jax.tree_util.tree_map(lambda t: t[k * size:(k + 1) * size], ref)
         c.close(check, "output", y, part[0])
         for ct, ct_ref, i in zip(cts, part[1], argnums):
-            c.close(check, f"cotangent of argument {i}", ct, ct_ref)
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref, weak=False)
 
 
 def check_sharded(f: Callable, *args: Any, argnums: Sequence[int] | None = None, rtol: float | None = None,
@@ -418,7 +430,7 @@ def check_sharded(f: Callable, *args: Any, argnums: Sequence[int] | None = None,
                        f"device(s), not spread over the {n} of the mesh")
         c.close(check, "output", y, expected[0])
         for ct, ct_ref, i in zip(cts, expected[1], argnums):
-            c.close(check, f"cotangent of argument {i}", ct, ct_ref)
+            c.close(check, f"cotangent of argument {i}", ct, ct_ref, weak=False)
 
 
 def residual_bytes(f: Callable, *args: Any) -> int:
