@@ -46,6 +46,39 @@ def _shifted(x: Array, axes: tuple[int, ...], mask: Array | None):
     return m, e, jnp.sum(e, axis=axes, keepdims=True)
 
 
+def _log_sum(x: Array, axes: tuple[int, ...], mask: Array | None):
+    """(m, log Σ e^{x − m}) with keepdims, the log taken as log1p(Σ e^{x − m} − 1) with the maxima
+    (where e^{x − m} = 1 exactly) counted apart: where one logit dominates, the sum of the others,
+    e.g. 7e^{−30}, is kept rather than lost in 1 + 7e^{−30} = 1. So the log-softmax of the winner is
+    −7e^{−30}, not 0, and a cross-entropy of a confident right answer is not 0. −inf for a row with
+    nothing unmasked."""
+    xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
+    m = jnp.max(xm, axis=axes, keepdims=True, initial=-jnp.inf)
+    m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+    top = xm == m
+    e = jnp.exp(xm - m)
+    # Σ e − 1 = Σ (e − 1 at the maxima, e elsewhere) + (number of maxima − 1); e − 1 is exactly 0 at a
+    # maximum, yet its derivative is e's (so JAX differentiates this correctly, to any order)
+    rest = jnp.sum(jnp.where(top, e - 1, e), axis=axes, keepdims=True)
+    ties = jnp.sum(top, axis=axes, keepdims=True).astype(e.dtype)
+    return m, jnp.log1p(rest + (ties - 1))
+
+
+def _normalized(x: Array, shift: Array, axes: tuple[int, ...], mask: Array | None, w: Array | None = None):
+    """(p, e, t): e = e^{x − shift} (0 where masked or where shift is not finite), t = Σ w·e with
+    keepdims (w = 1 if None), and the weights p = w·e/t: the softmax, from a shift that need not be
+    exactly the log-sum (a rounded logsumexp): the shift cancels in the ratio. Where the shift is the
+    rounded y = log Σ e^x, e^{x − y} alone is off by y's rounding (ulp(1e4) = 1e-3 near logits of
+    1e4); the ratio is not. 0 where t is 0."""
+    finite = jnp.isfinite(shift)
+    e = jnp.where(finite, jnp.exp(x - jnp.where(finite, shift, 0)), 0)
+    if mask is not None:
+        e = jnp.where(mask, e, 0)
+    t = jnp.sum(e if w is None else w * e, axis=axes, keepdims=True)
+    t = jnp.where(t == 0, 1, t)
+    return (e if w is None else w * e) / t, e, t
+
+
 # --- softmax ---------------------------------------------------------------------------------
 
 @rule(like=jax.nn.softmax, settings=("axis",))
@@ -83,8 +116,8 @@ def softmax_backward(y_bar: ArrayLike, y: ArrayLike, axis: Axis = -1) -> Array:
 
 def _log_softmax_forward(x, axes, mask):
     """log softmax over axes; -inf where masked (and everywhere in a fully masked row)."""
-    m, _, s = _shifted(x, axes, mask)
-    y = x - m - jnp.log(s)
+    m, log_s = _log_sum(x, axes, mask)
+    y = (x - m) - log_s
     return y if mask is None else jnp.where(mask, y, -jnp.inf)
 
 
@@ -133,12 +166,12 @@ def _logsumexp_setup(a, axis, b, return_sign, where):
 
 
 def _logsumexp_parts(x, axes, mask, b):
-    """(y with keepdims, e^(x − y)): the log-sum and the softmax weights of each entry."""
-    m, e, s = _shifted(x, axes, mask)
-    if b is not None:
-        s = jnp.sum(b * e, axis=axes, keepdims=True)
-    y = m + jnp.log(s)
-    return y
+    """y with keepdims: max + log Σ b·e^{x − max}."""
+    if b is None:
+        m, log_s = _log_sum(x, axes, mask)
+        return m + log_s
+    m, e, _ = _shifted(x, axes, mask)
+    return m + jnp.log(jnp.sum(b * e, axis=axes, keepdims=True))
 
 
 @rule(like=jax.nn.logsumexp, settings=("axis", "keepdims", "return_sign"), floats=("a", "b"))
@@ -150,7 +183,9 @@ def logsumexp(a: ArrayLike, axis: Axis = None, b: ArrayLike | None = None, keepd
 
     b (default 1) are non-negative weights; ``return_sign=True`` (for negative weights) is not
     supported and raises. Keeps a (the input), b and y (reduced). Masked entries get zero
-    gradients; a fully masked reduction gives y = −∞ and zero gradients.
+    gradients; a fully masked reduction gives y = −∞ and zero gradients. The backward takes
+    e^{a − y} / Σ b e^{a − y}, not e^{a − y} alone: y is rounded (by 5e-4 near logits of 1e4), and the
+    ratio cancels its rounding.
     """
     x, axes, mask, w = _logsumexp_setup(a, axis, b, return_sign, where)
     y = _logsumexp_parts(x, axes, mask, w)
@@ -167,12 +202,9 @@ def _logsumexp_bwd(axis, keepdims, return_sign, res, g):
     x, w, y, mask, b_shape = res
     axes = _checks.axes("logsumexp", axis, x.ndim)
     g = g if keepdims else jnp.expand_dims(g, axes)
-    finite = jnp.isfinite(y)
-    p = jnp.where(finite, jnp.exp(x - jnp.where(finite, y, 0)), 0)  # e^(a − y), 0 where y = ±∞
-    if mask is not None:
-        p = jnp.where(mask, p, 0)
-    a_bar = g * p if w is None else g * w * p
-    b_bar = None if w is None else unbroadcast(g * p, b_shape.value).astype(w.dtype)
+    p, e, t = _normalized(x, y, axes, mask, w)  # b·e^(a − y)/Σ b·e^(a − y); 0 where y = ±∞
+    a_bar = g * p
+    b_bar = None if w is None else unbroadcast(g * (e / t), b_shape.value).astype(w.dtype)
     return a_bar, b_bar, None
 
 
@@ -195,9 +227,10 @@ def _halves(rule: str, x: Any, axis: int):
 def glu(x: ArrayLike, axis: int = -1) -> Array:
     r"""Gated linear unit: x split in halves (a, b) along ``axis``, a gated by σ(b).
 
-    .. math:: y = a ∘ σ(b),        \bar a = \bar y ∘ σ(b),        \bar b = \bar y ∘ a ∘ σ(b)(1 - σ(b))
+    .. math:: y = a ∘ σ(b),        \bar a = \bar y ∘ σ(b),        \bar b = \bar y ∘ a ∘ σ(b)σ(-b)
 
-    Keeps x (the input).
+    Keeps x (the input). σ(−b) is computed on its own, not as 1 − σ(b), which is 0 once σ(b) rounds
+    to 1 (b > 17 in float32), where σ′(b) = e^{−b} is not.
     """
     x, ax = _halves("glu", x, axis)
     a, b = jnp.split(x, 2, axis=ax)
@@ -211,8 +244,9 @@ def _glu_fwd(x, axis):
 def _glu_bwd(axis, x, g):
     ax = axis % x.ndim
     a, b = jnp.split(x, 2, axis=ax)
-    s = lax.logistic(b)
-    return (jnp.concatenate([g * s, g * a * s * (1 - s)], axis=ax),)
+    small = lax.logistic(-jnp.abs(b))  # σ(b) and σ(−b), each to an ulp: 1 − σ(b) loses σ(−b) for b > 17
+    s, s_minus = jnp.where(b >= 0, 1 - small, small), jnp.where(b >= 0, small, 1 - small)
+    return (jnp.concatenate([g * s, g * a * (s * s_minus)], axis=ax),)
 
 
 glu.defvjp(_glu_fwd, _glu_bwd)
