@@ -52,14 +52,18 @@ def _slope(m, g, on=1, off=0):
 # Shared by the rules that keep their input (see the accuracy table in the README: every rule's
 # value is within 4 units of the exact one, measured against mpmath by jaxrules.accuracy).
 
-def _logistic_pair(x: Array) -> tuple[Array, Array]:
-    """(σ(x), σ(−x)) from one exponential, each to about an ulp: the smaller is σ(−|x|), the larger
-    1 − σ(−|x|), which lies in [½, 1] and so loses nothing (1 − σ(x) would lose all of σ(−x) once
-    σ(x) rounds to 1, at x > 17 in float32)."""
-    small = lax.logistic(-jnp.abs(x))
-    large = 1 - small
-    positive = x >= 0
-    return jnp.where(positive, large, small), jnp.where(positive, small, large)
+def _exp_split(z: Array, deep: Array) -> Array:
+    """One exponential for two uses: e^{z/2} where ``deep`` (far below, for _halves), e^{−z} elsewhere
+    (for σ(z) = 1/(1 + e^{−z}) and the like). Elsewhere z ≥ −80, so e^{−z} does not overflow."""
+    return jnp.exp(jnp.where(deep, z / 2, -z))
+
+
+def _sigmoid_pair(e: Array, z: Array) -> tuple[Array, Array]:
+    """(σ(z), σ(−z)) from e = e^{−z}, each to about an ulp: σ(z) = 1/(1 + e), and σ(−z) = e·σ(z) for
+    z ≥ 0 but 1 − σ(z) below (where σ(z) ≤ ½: nothing cancels). 1 − σ(z) for z > 0 would lose all of
+    σ(−z) once σ(z) rounds to 1 (z > 17 in float32)."""
+    r = 1 / (1 + e)
+    return r, jnp.where(z >= 0, e * r, 1 - r)
 
 
 def _times(x: Array, w: Array) -> Array:
@@ -73,8 +77,8 @@ def _halves(a: Array, h: Array) -> Array:
     return jnp.where(h == 0, 0, (a * h) * h)
 
 
-# Below these inputs x·e^x (silu, mish) and x·σ(2u) (gelu) are taken from _halves: the factor
-# e^x is then below ulp(1) (so σ(x) = e^x to working precision) and soon subnormal.
+# Below this argument x·σ(x) ≈ x·e^x (silu, mish) is taken from _halves: e^x is then below
+# ulp(1) (so σ(x) = e^x to working precision) and soon subnormal (float32: from x = −87.3).
 _EXP_TAIL = -80.0
 
 
@@ -301,11 +305,11 @@ def _gelu_u(x: Array) -> tuple[Array, Array]:
 
 
 def _gelu_exact_tail(x: Array) -> tuple[Array, Array]:
-    """(S, p) for x ≤ −10: Φ(x) = φ(x)·S/|x|, S = 1 − 1/x² + 3/x⁴ − … (7 terms, 1e-9 from the sum at
-    x = −10), and φ(x) = p·p/√(2π) with p = e^{−x²/4}: normal where φ alone would be subnormal."""
+    """(S, p) for x ≤ −10: Φ(x) = φ(x)·S/|x|, S = 1 − 1/x² + 3/x⁴ − 15/x⁶ + 105/x⁸ (1e-7 from the
+    sum at x = −10, where the input's rounding alone moves gelu by 1e-5), and φ(x) = p·p/√(2π) with
+    p = e^{−x²/4}: normal where φ alone would be subnormal."""
     t = 1 / (x * x)
-    s = 1 + t * (-1 + t * (3 + t * (-15 + t * (105 + t * (-945 + t * 10395)))))
-    return s, jnp.exp(-(x * x) / 4)
+    return 1 + t * (-1 + t * (3 + t * (-15 + t * 105))), jnp.exp(-(x * x) / 4)
 
 
 @rule(like=jax.nn.gelu, settings=("approximate",))
@@ -316,7 +320,7 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
 
     .. math:: y = xΦ(x) = \tfrac12 x \operatorname{erfc}(-x/\sqrt2),        \bar x = (Φ(x) + xφ(x)) ∘ \bar y
 
-    (erfc, not 1 + erf, which cancels for x < −3). Below x = −10 both come from the asymptotic
+    (erfc, not 1 + erf, which cancels for x < −3). Below x = −10 the value comes from the asymptotic
     series Φ(x) = φ(x)(1 − 1/x² + 3/x⁴ − …)/|x|, since erfc(−x/√2) turns subnormal (and XLA's CPU
     flushes it to 0) at x = −13 while xΦ(x) is still a normal number.
 
@@ -324,15 +328,19 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
 
     .. math:: y = \tfrac12 x(1 + \tanh u) = xσ(2u),        \bar x = (σ(2u) + 2xσ(2u)σ(-2u)u') ∘ \bar y
 
-    ½(1 + tanh u) is computed as σ(2u), which does not cancel for x < 0 (jax.nn's 1 + tanh u does,
-    from x ≈ −3), and σ(−2u) on its own rather than as 1 − σ(2u). Values and slopes are within a few
-    ulps everywhere (README, accuracy table); the limits at ±inf are 0 and x, with slopes 0 and 1.
+    ½(1 + tanh u) is computed as σ(2u) = 1/(1 + e^{−2u}), which does not cancel for x < 0 (jax.nn's
+    1 + tanh u does, from x ≈ −3), and σ(−2u) on its own rather than as 1 − σ(2u). Values are within
+    a few ulps everywhere (README, accuracy table), slopes too but where they are below 1e-37
+    (x < −10); the limits at ±inf are 0 and x, with slopes 0 and 1 (jax.nn: NaN).
     """
     static_bool("gelu", "approximate", approximate)
     if approximate:
         u, _ = _gelu_u(x)
-        # far below, σ(2u) = e^{2u} to working precision: x·e^u·e^u, with no subnormal factor
-        return jnp.where(u < -20, _halves(x, jnp.exp(u)), _times(x, lax.logistic(2 * u)))
+        # xσ(2u) as x/(1 + e^{−2u}): no subnormal σ(2u) on the way (x·σ(2u) flushes it to 0 from
+        # 2u = −87.3, where the product is still normal); where e^{−2u} overflows the result is
+        # within 2.5 ulps of the smallest normal, and 0 at x = −inf
+        e = jnp.exp(-2 * u)
+        return jnp.where(jnp.isinf(e), 0, x / (1 + e))
     s, p = _gelu_exact_tail(x)
     tail = -_halves(_INV_SQRT_2PI * s, p)  # xΦ(x) = −φ(x)·S
     # (½x)·erfc: halved first, since erfc(−x/√2) = 2 at the top and 2x would overflow
@@ -346,17 +354,12 @@ def _gelu_fwd(x, approximate):
 def _gelu_bwd(approximate, x, g):
     if approximate:
         u, du = _gelu_u(x)
-        s, s_minus = _logistic_pair(2 * u)
+        s, s_minus = _sigmoid_pair(jnp.exp(-2 * u), 2 * u)
         w = s * s_minus
-        main = s + jnp.where(w == 0, 0, 2 * x * du * w)  # 0 where σ′ is 0, even if x·u′ has overflowed
-        tail = _halves(1 + 2 * x * du, jnp.exp(u))
-        return (g * jnp.where(u < -20, tail, main),)
-    s, p = _gelu_exact_tail(x)
-    # Φ + xφ = −φ·(|x| − S/|x|) below −10
-    tail = -_halves(_INV_SQRT_2PI * (jnp.abs(x) - s / jnp.abs(x)), p)
-    cdf = 0.5 * lax.erfc(-x * _SQRT_HALF)
-    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * (x * x))
-    return (g * jnp.where(x < _GELU_TAIL, tail, cdf + _times(x, pdf)).astype(x.dtype),)
+        return (g * (s + jnp.where(w == 0, 0, 2 * x * du * w)),)  # 0 where σ′ is 0, even if x·u′ overflowed
+    # Φ + xφ, with x·e^{−x²/2} formed before the factor 1/√(2π), which would make it subnormal first
+    xq = _times(x, jnp.exp(-0.5 * (x * x)))
+    return (g * (0.5 * lax.erfc(-x * _SQRT_HALF) + _INV_SQRT_2PI * xq).astype(x.dtype),)
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
@@ -375,7 +378,9 @@ def silu(x: ArrayLike) -> Array:
     for gelu and mish. Below x = −80, xσ(x) = x·e^{x/2}·e^{x/2}: σ(x) alone is subnormal (flushed to
     0 on CPU) from x = −87 while xσ(x) is a normal number down to −92.
     """
-    return jnp.where(x < _EXP_TAIL, _halves(x, jnp.exp(x / 2)), _times(x, lax.logistic(x)))
+    deep = x < _EXP_TAIL
+    e = _exp_split(x, deep)
+    return jnp.where(deep, _halves(x, e), x / (1 + e))
 
 
 def _silu_fwd(x):
@@ -383,9 +388,11 @@ def _silu_fwd(x):
 
 
 def _silu_bwd(x, g):
-    s, s_minus = _logistic_pair(x)
-    tail = _halves(1 + x, jnp.exp(x / 2))  # e^x(1 + x), normal down to x = −92 where σ(x) is not
-    return (g * jnp.where(x < _EXP_TAIL, tail, s + _times(x, s * s_minus)),)
+    deep = x < _EXP_TAIL
+    e = _exp_split(x, deep)
+    s, s_minus = _sigmoid_pair(e, x)
+    # below −80, e^x(1 + x): normal down to x = −92, where σ(x) alone is not
+    return (g * jnp.where(deep, _halves(1 + x, e), s + _times(x, s * s_minus)),)
 
 
 silu.defvjp(_silu_fwd, _silu_bwd)
@@ -454,7 +461,10 @@ def mish(x: ArrayLike) -> Array:
     (x > 8). mish(−inf) = 0 (its limit; jax.nn gives NaN), with slope 0. Below x = −80,
     mish(x) = x·e^{x/2}·e^{x/2} to working precision, as for silu.
     """
-    return jnp.where(x < _EXP_TAIL, _halves(x, jnp.exp(x / 2)), _times(x, jnp.tanh(jnp.logaddexp(x, 0))))
+    deep = x < _EXP_TAIL
+    e = jnp.exp(jnp.where(deep, x / 2, -jnp.abs(x)))  # e^{−|x|}, or e^{x/2} far below: one exponential
+    s = jnp.maximum(x, 0) + jnp.log1p(e)  # softplus, as jnp.logaddexp(x, 0) computes it
+    return jnp.where(deep, _halves(x, e), _times(x, jnp.tanh(s)))
 
 
 def _mish_fwd(x):
@@ -462,10 +472,13 @@ def _mish_fwd(x):
 
 
 def _mish_bwd(x, g):
-    s = jnp.logaddexp(x, 0)
+    deep = x < _EXP_TAIL
+    e = jnp.exp(jnp.where(deep, x / 2, -jnp.abs(x)))
+    s = jnp.maximum(x, 0) + jnp.log1p(e)
     a = lax.logistic(-2 * s)  # σ(−2s) ∈ (0, ½]: 1 − tanh s = 2a, 1 − tanh² s = 4a(1 − a)
-    tail = _halves(1 + x, jnp.exp(x / 2))  # e^x(1 + x) to working precision below x = −80
-    return (g * jnp.where(x < _EXP_TAIL, tail, jnp.tanh(s) + _times(x, 4 * a * (1 - a) * lax.logistic(x))),)
+    sig = jnp.where(x >= 0, 1, e) / (1 + e)  # σ(x) from e^{−|x|}
+    main = jnp.tanh(s) + _times(x, 4 * a * (1 - a) * sig)
+    return (g * jnp.where(deep, _halves(1 + x, e), main),)  # e^x(1 + x) far below
 
 
 mish.defvjp(_mish_fwd, _mish_bwd)

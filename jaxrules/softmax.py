@@ -46,37 +46,22 @@ def _shifted(x: Array, axes: tuple[int, ...], mask: Array | None):
     return m, e, jnp.sum(e, axis=axes, keepdims=True)
 
 
-def _log_sum(x: Array, axes: tuple[int, ...], mask: Array | None):
-    """(m, log Σ e^{x − m}) with keepdims, the log taken as log1p(Σ e^{x − m} − 1) with the maxima
-    (where e^{x − m} = 1 exactly) counted apart: where one logit dominates, the sum of the others,
-    e.g. 7e^{−30}, is kept rather than lost in 1 + 7e^{−30} = 1. So the log-softmax of the winner is
-    −7e^{−30}, not 0, and a cross-entropy of a confident right answer is not 0. −inf for a row with
-    nothing unmasked."""
+def _masked_max(x: Array, axes: tuple[int, ...], mask: Array | None) -> Array:
+    """The maximum over axes with keepdims (masked entries left out), 0 where it is not finite."""
     xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
     m = jnp.max(xm, axis=axes, keepdims=True, initial=-jnp.inf)
-    m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
-    top = xm == m
-    e = jnp.exp(xm - m)
-    # Σ e − 1 = Σ (e − 1 at the maxima, e elsewhere) + (number of maxima − 1); e − 1 is exactly 0 at a
-    # maximum, yet its derivative is e's (so JAX differentiates this correctly, to any order)
-    rest = jnp.sum(jnp.where(top, e - 1, e), axis=axes, keepdims=True)
-    ties = jnp.sum(top, axis=axes, keepdims=True).astype(e.dtype)
-    return m, jnp.log1p(rest + (ties - 1))
+    return lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
 
 
-def _normalized(x: Array, shift: Array, axes: tuple[int, ...], mask: Array | None, w: Array | None = None):
-    """(p, e, t): e = e^{x − shift} (0 where masked or where shift is not finite), t = Σ w·e with
-    keepdims (w = 1 if None), and the weights p = w·e/t: the softmax, from a shift that need not be
-    exactly the log-sum (a rounded logsumexp): the shift cancels in the ratio. Where the shift is the
-    rounded y = log Σ e^x, e^{x − y} alone is off by y's rounding (ulp(1e4) = 1e-3 near logits of
-    1e4); the ratio is not. 0 where t is 0."""
-    finite = jnp.isfinite(shift)
-    e = jnp.where(finite, jnp.exp(x - jnp.where(finite, shift, 0)), 0)
-    if mask is not None:
-        e = jnp.where(mask, e, 0)
-    t = jnp.sum(e if w is None else w * e, axis=axes, keepdims=True)
-    t = jnp.where(t == 0, 1, t)
-    return (e if w is None else w * e) / t, e, t
+def _weights(x: Array, log_s: Array, axes: tuple[int, ...], mask: Array | None) -> Array:
+    """e^{x − m − log s}, the softmax weights, from the log-sum log s = log Σ e^{x − m} of the shifted
+    logits (m the maximum, found again): x − m is exact near the top, so this is as accurate as
+    softmax itself. From a rounded y = m + log s instead, e^{x − y} is off by y's rounding, 5e-4
+    near logits of 1e4. 0 where masked, and where log s is not finite (no entry, or an infinite one)."""
+    m = _masked_max(x, axes, mask)
+    finite = jnp.isfinite(log_s)
+    p = jnp.where(finite, jnp.exp((x - m) - jnp.where(finite, log_s, 0)), 0)
+    return p if mask is None else jnp.where(mask, p, 0)
 
 
 # --- softmax ---------------------------------------------------------------------------------
@@ -116,8 +101,8 @@ def softmax_backward(y_bar: ArrayLike, y: ArrayLike, axis: Axis = -1) -> Array:
 
 def _log_softmax_forward(x, axes, mask):
     """log softmax over axes; -inf where masked (and everywhere in a fully masked row)."""
-    m, log_s = _log_sum(x, axes, mask)
-    y = (x - m) - log_s
+    m, _, s = _shifted(x, axes, mask)
+    y = x - m - jnp.log(s)
     return y if mask is None else jnp.where(mask, y, -jnp.inf)
 
 
@@ -166,12 +151,12 @@ def _logsumexp_setup(a, axis, b, return_sign, where):
 
 
 def _logsumexp_parts(x, axes, mask, b):
-    """y with keepdims: max + log Σ b·e^{x − max}."""
-    if b is None:
-        m, log_s = _log_sum(x, axes, mask)
-        return m + log_s
-    m, e, _ = _shifted(x, axes, mask)
-    return m + jnp.log(jnp.sum(b * e, axis=axes, keepdims=True))
+    """(y, log s) with keepdims: y = m + log s, s = Σ b·e^{x − m}, m the (masked) maximum."""
+    m, e, s = _shifted(x, axes, mask)
+    if b is not None:
+        s = jnp.sum(b * e, axis=axes, keepdims=True)
+    log_s = jnp.log(s)
+    return m + log_s, log_s
 
 
 @rule(like=jax.nn.logsumexp, settings=("axis", "keepdims", "return_sign"), floats=("a", "b"))
@@ -182,29 +167,28 @@ def logsumexp(a: ArrayLike, axis: Axis = None, b: ArrayLike | None = None, keepd
     .. math:: y = \max a + \log \textstyle\sum b\, e^{a - \max a},        \bar a = \bar y ∘ b\, e^{a - y},        \bar b = \bar y ∘ e^{a - y}
 
     b (default 1) are non-negative weights; ``return_sign=True`` (for negative weights) is not
-    supported and raises. Keeps a (the input), b and y (reduced). Masked entries get zero
-    gradients; a fully masked reduction gives y = −∞ and zero gradients. The backward takes
-    e^{a − y} / Σ b e^{a − y}, not e^{a − y} alone: y is rounded (by 5e-4 near logits of 1e4), and the
-    ratio cancels its rounding.
+    supported and raises. Keeps a (the input), b and log s = y − max a (reduced). Masked entries get
+    zero gradients; a fully masked reduction gives y = −∞ and zero gradients. The backward takes
+    e^{a − max a − log s}, not e^{a − y}: y is rounded (by 5e-4 near logits of 1e4), log s is not.
     """
     x, axes, mask, w = _logsumexp_setup(a, axis, b, return_sign, where)
-    y = _logsumexp_parts(x, axes, mask, w)
+    y, _ = _logsumexp_parts(x, axes, mask, w)
     return y if keepdims else jnp.squeeze(y, axis=axes)
 
 
 def _logsumexp_fwd(a, axis, b, keepdims, return_sign, where):
     x, axes, mask, w = _logsumexp_setup(a, axis, b, return_sign, where)
-    y = _logsumexp_parts(x, axes, mask, w)
-    return (y if keepdims else jnp.squeeze(y, axis=axes)), (x, w, y, mask, Static(b is None or jnp.shape(b)))
+    y, log_s = _logsumexp_parts(x, axes, mask, w)
+    return (y if keepdims else jnp.squeeze(y, axis=axes)), (x, w, log_s, mask, Static(b is None or jnp.shape(b)))
 
 
 def _logsumexp_bwd(axis, keepdims, return_sign, res, g):
-    x, w, y, mask, b_shape = res
+    x, w, log_s, mask, b_shape = res
     axes = _checks.axes("logsumexp", axis, x.ndim)
     g = g if keepdims else jnp.expand_dims(g, axes)
-    p, e, t = _normalized(x, y, axes, mask, w)  # b·e^(a − y)/Σ b·e^(a − y); 0 where y = ±∞
-    a_bar = g * p
-    b_bar = None if w is None else unbroadcast(g * (e / t), b_shape.value).astype(w.dtype)
+    p = _weights(x, log_s, axes, mask)  # e^(a − y) with y = m + log s, not the rounded y; 0 where y = ±∞
+    a_bar = g * p if w is None else g * w * p
+    b_bar = None if w is None else unbroadcast(g * p, b_shape.value).astype(w.dtype)
     return a_bar, b_bar, None
 
 
