@@ -302,7 +302,7 @@ def test_check_rows_reports_groups_and_catches_a_rounded_shift():
 
 def test_readme_table_lists_every_rule(elementwise, rows):
     table = accuracy.elementwise_table([(c, elementwise[c.id]) for c in CASES])
-    table += accuracy.row_table([(c, rows[c.id]) for c in ROW_CASES])
+    table += accuracy.row_table([(c, rows[c.id]) for c in ROW_CASES], "gradient")
     for c in (*CASES, *ROW_CASES):
         assert f"| `{c.id}` |" in table
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
