@@ -31,6 +31,7 @@ from jaxrules.arithmetic import add as add
 from jaxrules.arithmetic import divide as divide
 from jaxrules.arithmetic import multiply as multiply
 from jaxrules.arithmetic import subtract as subtract
+from jaxrules.forward import forward_mode as forward_mode
 from jaxrules.fused import dot_product_attention as dot_product_attention
 from jaxrules.fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxrules.linear import conv as conv
@@ -51,6 +52,7 @@ from jaxrules.softmax import logsumexp as logsumexp
 from jaxrules.softmax import pair_product as pair_product
 from jaxrules.softmax import softmax as softmax
 from jaxrules.softmax import softmax_backward as softmax_backward
+from jaxrules._rule import rule as rule
 from jaxrules.pullback import B as B
 from jaxrules.pullback import pullback as pullback
 from jaxrules._broadcast import unbroadcast as unbroadcast

@@ -36,7 +36,8 @@ def test_rule(rule, dtype):
     for k, case in enumerate(cases):
         args = rule.sample(k, case, dtype)
         main = k == 0 and wide
-        checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main, checkpoint=main, scan=main)
+        checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main, checkpoint=main, scan=main,
+                      jvp=main, fwd_over_rev=main)
         checks |= {k: v and checks[k] for k, v in rule.checks.items()}
         check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} on {case}", rtol=rtol, atol=atol, **checks)
 
