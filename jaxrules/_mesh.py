@@ -20,9 +20,10 @@ from jaxrules._broadcast import Static
 
 def _varying(a: Any) -> frozenset:
     """The manual mesh axes an array varies over (empty outside shard_map, for None, or on a JAX without them)."""
-    if a is None:
+    typeof = getattr(jax, "typeof", None)
+    if a is None or typeof is None:
         return frozenset()
-    mat = getattr(jax.typeof(a), "mat", None)
+    mat = getattr(typeof(a), "mat", None)
     return frozenset(getattr(mat, "varying", ()) or ())
 
 

@@ -322,6 +322,16 @@ def rms_norm_reference(x, scale=None, *, axis=-1, epsilon=1e-6):
     return y.astype(x.dtype if scale is None else jnp.result_type(x, scale))
 
 
+def standardize_reference(x, axis=-1, mean=None, variance=None, epsilon=1e-5, where=None, algorithm="fast"):
+    """jax.nn.standardize with half floats taken to float32 and the result rounded back to their dtype
+    (the rule's contract for bfloat16 and float16; in the half type itself, jax.nn's gradient overflows
+    on rows of tiny variance: (v + ε)^(−3/2) > 65504)."""
+    args = (x, mean, variance, epsilon)
+    out = jnp.result_type(*(a for a in args if a is not None))
+    x, mean, variance, epsilon = (None if a is None else _wide(jnp.asarray(a)) for a in args)
+    return jax.nn.standardize(x, axis, mean, variance, epsilon, where, algorithm=algorithm).astype(out)
+
+
 def _rows_mask(rng, shape, axes):
     """A boolean mask with about a third left out and at least one entry kept in every row over axes."""
     w = rng.uniform(size=shape) < 2 / 3

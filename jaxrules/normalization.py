@@ -7,7 +7,7 @@ Over the normalized axes A (n elements per row), with x̂ = (x − μ)·r and r 
 
 (rms_norm drops the mean of ĝ; its x̂ = x·r with v = mean x²). So the backward needs one full-size
 array (x̂, or what it is recomputed from) and a few numbers per row, where JAX's autodiff of the
-formula keeps three full-size arrays (layer_norm) or two (rms_norm, standardize).
+formula keeps two or three full-size arrays.
 
 Accuracy. The mean is taken in two passes, μ₁ = mean x, then c = mean(x − μ₁), and the centred
 values are formed as (x − μ₁) − c, never as x − fl(μ): x − μ₁ is exact where the row's values are
@@ -107,7 +107,7 @@ def _norm_setup(rule: str, x: Any, axis: Axis, epsilon: Any) -> tuple[Array, tup
 # --- layer_norm ------------------------------------------------------------------------------
 
 def _layer_norm_forward(x, scale, bias, axis, epsilon):
-    """(y, (μ₁, c, r)) in the compute dtype: the output and the per-row statistics."""
+    """(y, (μ₁, c, r)): the output, and the per-row statistics in the compute dtype."""
     x, axes, eps = _norm_setup("layer_norm", x, axis, epsilon)
     s, b = _param("layer_norm", "scale", scale, x, axes), _param("layer_norm", "bias", bias, x, axes)
     dt = _compute_dtype(x, s, b)
@@ -166,7 +166,7 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 # --- rms_norm --------------------------------------------------------------------------------
 
 def _rms_norm_forward(x, scale, axis, epsilon):
-    """(y, r) in the compute dtype, r = 1/√(mean x² + ε) per row."""
+    """(y, r): the output, and r = 1/√(mean x² + ε) per row in the compute dtype."""
     x, axes, eps = _norm_setup("rms_norm", x, axis, epsilon)
     s = _param("rms_norm", "scale", scale, x, axes)
     dt = _compute_dtype(x, s)
@@ -228,19 +228,16 @@ def _standardize_setup(x, axis, mean, variance, epsilon, where, algorithm):
     for name, v in named.items():
         if v is not None:
             floating(rule_, name, v)
-    stats = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
-    broadcast_shapes(rule_, x=x.shape, **{k: jnp.shape(v) for k, v in named.items() if v is not None},
-                     statistics=stats)
+    broadcast_shapes(rule_, x=x.shape, **{k: jnp.shape(v) for k, v in named.items() if v is not None})
     return x, axes, _checks.mask(rule_, where, x.shape)
 
 
 def _standardize_forward(x, axis, mean, variance, epsilon, where, algorithm):
-    """(y in the compute dtype, r, the variance before clipping or None)."""
+    """(y, r) in the compute dtype."""
     x, axes, mask = _standardize_setup(x, axis, mean, variance, epsilon, where, algorithm)
     dt = _compute_dtype(x, mean, variance, epsilon)
     xc = x.astype(dt)
     n = _count(x.shape, axes, mask, dt)
-    raw = None
     if mean is None:
         mu1, c, v = _centred(xc, axes, mask, n)
         d = (xc - mu1) - c
@@ -252,10 +249,9 @@ def _standardize_forward(x, axis, mean, variance, epsilon, where, algorithm):
     elif mean is not None and algorithm == "stable":
         v = _sum(d * d, axes, mask) / n
     elif mean is not None:  # "fast" with a given mean: jax.nn's mean(x²) − mean², clipped at 0
-        raw = _sum(xc * xc, axes, mask) / n - m * m
-        v = jnp.maximum(raw, 0)
+        v = jnp.maximum(_sum(xc * xc, axes, mask) / n - m * m, 0)
     r = lax.rsqrt(v + epsilon.astype(dt))
-    return d * r, r, raw
+    return d * r, r
 
 
 @rule(like=jax.nn.standardize, settings=("axis", "algorithm"), floats=("x", "mean", "variance", "epsilon"))
@@ -283,12 +279,12 @@ def standardize(x: ArrayLike, axis: Axis = -1, mean: ArrayLike | None = None, va
     with a given mean and a computed variance, x, the mean and r. A row with no entry where
     ``where`` holds gives NaN, as in jax.nn.
     """
-    y, _, _ = _standardize_forward(x, axis, mean, variance, epsilon, where, algorithm)
+    y, _ = _standardize_forward(x, axis, mean, variance, epsilon, where, algorithm)
     return y.astype(_out_dtype(x, mean, variance, epsilon))
 
 
 def _standardize_fwd(x, axis, mean, variance, epsilon, where, algorithm):
-    yc, r, _ = _standardize_forward(x, axis, mean, variance, epsilon, where, algorithm)
+    yc, r = _standardize_forward(x, axis, mean, variance, epsilon, where, algorithm)
     y = yc.astype(_out_dtype(x, mean, variance, epsilon))
     shapes = Static(tuple(None if a is None else (a.shape, a.dtype) for a in (x, mean, variance, epsilon)))
     mesh = mesh_axes(x, mean, variance, epsilon, None)

@@ -271,14 +271,14 @@ def standardize(draw):
     note = f"standardize(axis={ax}, {kind}, algorithm={algorithm!r}) on {shape}"
     if kind == "where":
         return Example(lambda x, w: jr.standardize(x, ax, where=w, algorithm=algorithm),
-                       lambda x, w: jax.nn.standardize(x, ax, where=w, algorithm=algorithm),
+                       lambda x, w: catalog.standardize_reference(x, ax, where=w, algorithm=algorithm),
                        catalog._standardize_where(ax), shape, note)
     stats = tuple(1 if i in catalog._norm_axes(ax, len(shape)) else n for i, n in enumerate(shape))
     given = draw(st.one_of(_to(stats), _to(shape)))  # per row, or varying along the axes too
     eps = draw(st.one_of(st.none(), st.just(()))) if 0 not in shape else None
     case = (shape, given if kind in ("mean", "both") else None, given if kind in ("variance", "both") else None, eps)
     return Example(lambda x, m, v, e=1e-5: jr.standardize(x, ax, m, v, e, algorithm=algorithm),
-                   lambda x, m, v, e=1e-5: jax.nn.standardize(x, ax, m, v, e, algorithm=algorithm),
+                   lambda x, m, v, e=1e-5: catalog.standardize_reference(x, ax, m, v, e, algorithm=algorithm),
                    lambda seed, case, dtype: catalog._standardize_given(seed, case, dtype)[: 3 if eps is None else 4],
                    case, note + f" given {case[1:]}")
 

@@ -57,28 +57,38 @@ def test_dropout_keeps_a_fraction_and_scales_it():
 
 def test_dropout_mask_depends_on_the_key_alone_under_jit_vmap_and_scan():
     """The same key gives the same mask (so the backward, which draws it again, matches the forward);
-    another key gives another mask."""
-    y = jr.dropout(X, KEY, 0.5)
-    mask = np.asarray(y != 0)
-    assert np.array_equal(jax.jit(lambda x, k: jr.dropout(x, k, 0.5))(X, KEY), y)
-    assert not np.array_equal(np.asarray(jr.dropout(X, jax.random.key(1), 0.5) != 0), mask)
+    another key gives another mask. Each transformed call is compared with the plain call on its member."""
     xs = jnp.stack([X, 2 * X, -X])
-    for got in (jax.vmap(lambda x: jr.dropout(x, KEY, 0.5))(xs),
-                jax.lax.scan(lambda c, x: (c, jr.dropout(x, KEY, 0.5)), None, xs)[1]):
-        for k in range(3):
-            np.testing.assert_array_equal(got[k], jr.dropout(xs[k], KEY, 0.5))
     keys = jax.random.split(KEY, 3)
-    by_key = jax.vmap(lambda k: jr.dropout(X, k, 0.5))(keys)
-    for k in range(3):
-        np.testing.assert_array_equal(by_key[k], jr.dropout(X, keys[k], 0.5))
-    # the backward's mask is the forward's, under jit, vmap and scan alike
     g = jnp.ones_like(X)
 
+    def drop(x, k):
+        return jr.dropout(x, k, 0.5)
+
     def grad(x, k):
-        return jax.vjp(lambda x: jr.dropout(x, k, 0.5), x)[1](g)[0]
-    for gx in (grad(X, KEY), jax.jit(grad)(X, KEY), jax.vmap(grad, (0, None))(xs, KEY)[1],
-               jax.lax.scan(lambda c, x: (c, grad(x, KEY)), None, xs)[1][2]):
-        np.testing.assert_array_equal(np.asarray(gx) != 0, mask)
+        return jax.vjp(lambda x: drop(x, k), x)[1](g)[0]
+
+    @jax.jit
+    def run(xs, keys):
+        return {
+            "plain": [drop(x, KEY) for x in xs], "by key": [drop(X, k) for k in keys],
+            "plain grad": [grad(x, KEY) for x in xs],
+            "vmap": jax.vmap(drop, (0, None))(xs, KEY), "vmap over keys": jax.vmap(drop, (None, 0))(X, keys),
+            "scan": jax.lax.scan(lambda c, x: (c, drop(x, KEY)), None, xs)[1],
+            "vmap grad": jax.vmap(grad, (0, None))(xs, KEY),
+            "scan grad": jax.lax.scan(lambda c, x: (c, grad(x, KEY)), None, xs)[1],
+        }
+    out = run(xs, keys)
+    eager = drop(X, KEY)
+    np.testing.assert_array_equal(out["plain"][0], eager)
+    for k in range(3):
+        for name in ("vmap", "scan"):
+            np.testing.assert_array_equal(out[name][k], out["plain"][k], err_msg=name)
+        np.testing.assert_array_equal(out["vmap over keys"][k], out["by key"][k])
+        for name in ("vmap grad", "scan grad"):  # the backward's mask is the forward's
+            np.testing.assert_array_equal(out[name][k], out["plain grad"][k], err_msg=name)
+        np.testing.assert_array_equal(np.asarray(out["plain grad"][k]) != 0, np.asarray(out["plain"][k]) != 0)
+    assert not np.array_equal(np.asarray(out["by key"][1]) != 0, np.asarray(out["by key"][0]) != 0)
 
 
 def test_dropout_key_gets_no_cotangent():
