@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrules._broadcast import Static
+from jaxrules._mesh import mesh_axes, replicated_sum
 
 try:  # the weak type of a result: no public API sets it
     from jax._src.lax.lax import _convert_element_type as _convert_weak
@@ -186,14 +187,17 @@ class Rule:
             # under jax.grad of a Python scalar, custom_vjp hands fwd the raw Python number
             args = [jnp.asarray(a) if is_array and a is not None else a for a, is_array in zip(args, arrays)]
             y, res = fwd(*args)
+            inputs = [a for a, is_array in zip(args, arrays) if is_array]
             types = tuple((a.dtype, bool(getattr(a, "weak_type", False))) if isinstance(a, jax.Array) else None
-                          for a, is_array in zip(args, arrays) if is_array)
-            return y, (res, Static(types))
+                          for a in inputs)
+            return y, (res, Static(types), mesh_axes(*inputs))
 
         @functools.wraps(bwd)
         def bwd_typed(*args):
-            *settings, (res, types), g = args
-            cts = bwd(*settings, res, g)
+            # each cotangent with its primal's weak type, and summed over the devices of a shard_map
+            # across which its primal was replicated (JAX's own autodiff does that sum implicitly)
+            *settings, (res, types, mesh), g = args
+            cts = replicated_sum(bwd(*settings, res, g), mesh)
             return tuple(_weak_like(ct, t) for ct, t in zip(cts, types.value))
 
         self._vjp = jax.custom_vjp(primal, nondiff_argnums=self.nondiff_argnums)
