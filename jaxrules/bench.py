@@ -65,7 +65,62 @@ def print_residuals(out: Callable[[str], None] = print) -> bool:
     out(f"\nSum over {', '.join(TARGET_SET)}: jaxrules {s['ours']:g} B, jax autodiff {s['jax']:.3g} B, "
         f"ratio {s['ours'] / s['jax']:.2f} (target <= 0.50; never more than jax for any rule: "
         f"{'holds' if ok else 'FAILS'})\n")
-    return ok and s["ours"] <= s["jax"] / 2
+    blocks_ok = print_block_residuals(out)
+    return ok and s["ours"] <= s["jax"] / 2 and blocks_ok
+
+
+# the transformer blocks (normalization, dropout, embedding, rope, gated MLP activations): per output
+# element at the sizes below, beside jax autodiff of the plain formula, with the issue's targets
+BLOCK_SIZES = "norms and gates (256, 256); rope (2, 128, 4, 64) with positions (2, 128); embedding V=1000, D=512, 512 ids"
+
+
+def block_residual_cases() -> list[tuple[str, Callable, Callable, tuple, float | None]]:
+    """(name, ours, plain formula, args, target in bytes per output element; None: no more than jax)."""
+    import numpy as np
+    import jaxrules as jr
+    rng = np.random.default_rng(0)  # NumPy draws: no compilation per shape
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    x, a, s, b, q, table = normal(256, 256), normal(256, 256), normal(256), normal(256), normal(2, 128, 4, 64), \
+        normal(1000, 512)
+    pos = jnp.asarray(np.arange(128) + np.array([[0], [7]]), jnp.int32)
+    ids = jnp.asarray(rng.integers(0, 1000, 512), jnp.int32)
+    key = jax.random.key(1)
+    drop = catalog.dropout_reference(0.5)
+    return [
+        ("layer_norm (scale, bias)", jr.layer_norm, catalog.layer_norm_reference, (x, s, b), 4.1),
+        ("rms_norm (scale)", jr.rms_norm, catalog.rms_norm_reference, (x, s), 4.1),
+        ("standardize", jr.standardize, jax.nn.standardize, (x,), 4.1),
+        ("dropout (rate 0.5)", lambda x: jr.dropout(x, key, 0.5), lambda x: drop(x, key), (x,), 0.1),
+        ("swiglu", jr.swiglu, lambda a, b: jax.nn.silu(a) * b, (x, a), 8.0),
+        ("geglu", jr.geglu, lambda a, b: jax.nn.gelu(a) * b, (x, a), 8.0),
+        ("rope (positions given)", lambda q: jr.rope(q, pos), lambda q: catalog.rope_reference(q, pos), (q,), 0.1),
+        ("embedding", lambda t: jr.embedding(t, ids), lambda t: jnp.take(t, ids, axis=0), (table,), None),
+    ]
+
+
+def block_residual_table() -> list[tuple[str, float, float, float | None]]:
+    """(name, our bytes per output element, jax autodiff's, target) for :func:`block_residual_cases`."""
+    rows = []
+    for name, ours, plain, args, target in block_residual_cases():
+        size = jax.eval_shape(ours, *args).size
+        rows.append((name, residual_bytes(ours, *args) / size, residual_bytes(plain, *args) / size, target))
+    return rows
+
+
+def print_block_residuals(out: Callable[[str], None] = print) -> bool:
+    out(f"## Residual bytes per output element, transformer blocks (float32, inputs included; {BLOCK_SIZES})\n")
+    out("| rule | jaxrules | jax autodiff of the plain formula | target | holds |")
+    out("| --- | ---: | ---: | ---: | --- |")
+    ok = True
+    for name, ours, theirs, target in block_residual_table():
+        holds = ours <= theirs and (target is None or ours <= target)
+        ok &= holds
+        out(f"| {name} | {ours:.4g} | {theirs:.4g} | {'≤ jax' if target is None else f'≤ {target:g}'} | "
+            f"{'yes' if holds else 'NO'} |")
+    out("")
+    return ok
 
 
 # --- step time -------------------------------------------------------------------------------

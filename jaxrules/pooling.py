@@ -166,10 +166,13 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 # --- avg_pool --------------------------------------------------------------------------------
 
 def _window_counts(shape, window, s, p, dtype):
-    """How many real (unpadded) elements each window covers: a constant of the output's shape."""
+    """How many real (unpadded) elements each window covers: a constant of the output's shape.
+
+    Window sums start from a Python 0, which lax recognises as reduce_window_sum: transposable, so
+    the backward's transpose (the forward-mode twin) exists."""
     ones = jnp.ones(shape[-len(window) - 1:-1] + (1,), dtype)
     dims, st, pads = _full(ones, window, s, p)
-    return lax.reduce_window(ones, jnp.array(0, dtype), lax.add, dims, st, pads)
+    return lax.reduce_window(ones, 0, lax.add, dims, st, pads)
 
 
 @rule(settings=("window_shape", "strides", "padding", "count_include_pad"))
@@ -187,7 +190,7 @@ def avg_pool(x: ArrayLike, window_shape: Sequence[int], strides: Sequence[int] |
     _checks.static_bool("avg_pool", "count_include_pad", count_include_pad)
     x, (window, s, p) = _pool_setup("avg_pool", x, window_shape, strides, padding)
     dims, st, pads = _full(x, window, s, p)
-    total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, st, pads)
+    total = lax.reduce_window(x, 0, lax.add, dims, st, pads)
     if count_include_pad:
         return total / _windows.numel(window)
     return total / _window_counts(x.shape, window, s, p, x.dtype)
@@ -210,7 +213,7 @@ def _avg_pool_bwd(window_shape, strides, padding, count_include_pad, meta, g):
     config = ((0, 0, 0),) * lead + tuple((lo, hi, st - 1) for (lo, hi), st in zip(tp, s)) + ((0, 0, 0),)
     g = lax.pad(g, jnp.array(0, g.dtype), config)
     dims = (1,) * lead + window + (1,)
-    x_bar = lax.reduce_window(g, jnp.array(0, g.dtype), lax.add, dims, (1,) * len(shape), "VALID")
+    x_bar = lax.reduce_window(g, 0, lax.add, dims, (1,) * len(shape), "VALID")
     return (x_bar.astype(dtype),)
 
 

@@ -14,7 +14,10 @@ it checks, on the given arguments:
    permuted, so the batch members differ but stay in the sampler's domain), with all arguments
    batched and then each argument alone, and in the body of a ``lax.scan`` over the same batch;
 6. ``grad of grad``: reverse over reverse, the gradient of ⟨w, vjp(ȳ)⟩ equals the reference's;
-7. ``dtypes`` (optional): 1 and 2 again with the arguments cast to each dtype of a sweep.
+7. ``dtypes`` (optional): 1 and 2 again with the arguments cast to each dtype of a sweep;
+8. ``forward mode``: inside :func:`jaxrules.forward_mode`, ``jax.jvp`` against the reference's and
+   against finite differences in float64, forward over reverse (the JVP of the VJP) against the
+   reference's, and the VJP once more.
 
 A failure raises ``AssertionError`` naming the rule, the check, the argument and the largest error.
 """
@@ -36,7 +39,8 @@ __all__ = ["VALUES_ONLY", "check_accuracy", "check_rows", "check_rule", "check_s
 
 #: ``check_rule(..., **VALUES_ONLY)``: the primal and the VJP against the reference, in one compilation,
 #: nothing else (for many cases of a rule whose transformations are checked elsewhere).
-VALUES_ONLY = dict(fd=False, jit=False, vmap=False, grad_grad=False, eager=False, checkpoint=False, scan=False)
+VALUES_ONLY = dict(fd=False, jit=False, vmap=False, grad_grad=False, eager=False, checkpoint=False, scan=False,
+                   jvp=False, fwd_over_rev=False)
 
 _TOLERANCE = {
     np.dtype(np.float64): (1e-7, 1e-10),
@@ -133,7 +137,7 @@ def _random_like(rng: np.random.Generator, tree: Any) -> Any:
     Drawn with NumPy: no compilation per shape, which dominates the cost of small checks.
     """
     return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(rng.standard_normal(x.shape).astype(np.float64), dtype=x.dtype), tree)
+        lambda x: jnp.asarray(rng.standard_normal(jnp.shape(x)).astype(np.float64), dtype=jnp.result_type(x)), tree)
 
 
 def _vjp_fn(fn: Callable, argnums: Sequence[int]) -> Callable:
@@ -177,7 +181,8 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
                rtol: float | None = None, atol: float | None = None, name: str | None = None,
                fd: bool = True, fd_eps: float | None = None, fd_tol: float | None = None,
                jit: bool = True, vmap: bool = True, grad_grad: bool = True, eager: bool = True,
-               checkpoint: bool = True, scan: bool = True, weak_type: bool = True,
+               checkpoint: bool = True, scan: bool = True, jvp: bool = True, fwd_over_rev: bool = True,
+               weak_type: bool = True,
                dtypes: Sequence[Any] | Mapping[Any, tuple[float, float]] = (), seed: int = 0) -> None:
     """Check the rule ``f`` against ``reference`` on ``args``; raise AssertionError on any mismatch.
 
@@ -194,6 +199,9 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
         default). ``vmap`` batches all arguments together and then each argument alone; ``scan``
         runs the rule in the body of ``lax.scan`` over the same batch; ``checkpoint`` runs it under
         ``jax.checkpoint``. jit, checkpoint and grad of grad share one compilation, vmap and scan another.
+      jvp, fwd_over_rev: forward mode, inside :func:`jaxrules.forward_mode` (one compilation): ``jax.jvp``
+        of f against the reference's (and, with ``fd``, against finite differences in float64), the JVP
+        of the VJP (forward over reverse, PyTorch's ``check_fwd_over_rev``), and the VJP again there.
       eager: run checks 1 and 2 op by op (the default) or, if False, in one ``jax.jit`` compilation
         (much faster for many small cases; check 4 still compares with jit when ``jit`` is on).
       fd_eps, fd_tol: step and tolerance of the float64 finite differences (``check_grads``'s defaults).
@@ -259,31 +267,7 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
 
     # 3. finite differences in float64: all arguments in one compilation; on failure, one by one
     if fd:
-        with jax.enable_x64(True):
-            args64 = [jnp.asarray(a, jnp.float64) if _is_float(a) else a for a in args]
-            live = [i for i in argnums if jnp.size(args64[i])]
-
-            def at(*diff, which=tuple(live)):
-                full = list(args64)
-                for i, v in zip(which, diff):
-                    full[i] = v
-                return f(*full)
-
-            def fd_check(which):
-                jax.test_util.check_grads(jax.jit(partial(at, which=which)), tuple(args64[i] for i in which),
-                                          order=1, modes=("rev",), eps=fd_eps, atol=fd_tol, rtol=fd_tol)
-            try:  # under jit: one compilation rather than one per operation and shape
-                if live:
-                    fd_check(tuple(live))
-            except AssertionError as whole:
-                err, where = whole, f"arguments {live} together"
-                for i in live:  # name the argument
-                    try:
-                        fd_check((i,))
-                    except AssertionError as one:
-                        err, where = one, f"argument {i}"
-                        break
-                c.fail("finite differences (float64)", where, str(err).strip().replace("\n", " "))
+        _finite_differences(c, f, args, argnums, "rev", fd_eps, fd_tol)
 
     # 4. jit, jax.checkpoint and 6. grad of grad, in one compilation
     w = _random_like(rng, cts_ref)
@@ -320,6 +304,97 @@ def check_rule(f: Callable, reference: Callable, *args: Any, argnums: Sequence[i
     # 5. vmap over a batch of three: all arguments together, then each alone; and lax.scan
     if vmap or scan:
         _batched_checks(c, f, reference, ours_vjp, ref_vjp, args, argnums, out, rng, vmap, scan)
+
+    # 8. forward mode, inside jaxrules.forward_mode(): the JVP, forward over reverse, and reverse mode
+    if jvp or fwd_over_rev:
+        _forward_checks(c, f, reference, ours_vjp, ref_vjp, args, argnums, ybar, y_ref, cts_ref, rng, jvp,
+                        fwd_over_rev)
+        if jvp and fd:
+            from jaxrules.forward import forward_mode
+            with forward_mode():
+                _finite_differences(c, f, args, argnums, "fwd", fd_eps, fd_tol)
+
+
+def _finite_differences(c: _Checker, f: Callable, args: Sequence[Any], argnums: Sequence[int], mode: str,
+                        eps: float | None, tol: float | None) -> None:
+    """``jax.test_util.check_grads`` in float64 in one mode ("rev": the VJP, "fwd": the JVP): all
+    arguments in one compilation; on failure, one by one to name the argument."""
+    with jax.enable_x64(True):
+        args64 = [jnp.asarray(a, jnp.float64) if _is_float(a) else a for a in args]
+        live = [i for i in argnums if jnp.size(args64[i])]
+
+        def at(*diff, which=tuple(live)):
+            full = list(args64)
+            for i, v in zip(which, diff):
+                full[i] = v
+            return f(*full)
+
+        def fd_check(which):
+            jax.test_util.check_grads(jax.jit(partial(at, which=which)), tuple(args64[i] for i in which),
+                                      order=1, modes=(mode,), eps=eps, atol=tol, rtol=tol)
+        try:  # under jit: one compilation rather than one per operation and shape
+            if live:
+                fd_check(tuple(live))
+        except AssertionError as whole:
+            err, where = whole, f"arguments {live} together"
+            for i in live:  # name the argument
+                try:
+                    fd_check((i,))
+                except AssertionError as one:
+                    err, where = one, f"argument {i}"
+                    break
+            what = "the VJP" if mode == "rev" else "the JVP"
+            c.fail(f"finite differences of {what} (float64)", where, str(err).strip().replace("\n", " "))
+
+
+def _forward_checks(c: _Checker, f: Callable, reference: Callable, ours_vjp: Callable, ref_vjp: Callable,
+                    args: Sequence[Any], argnums: Sequence[int], ybar: Any, y_ref: Any, cts_ref: Any,
+                    rng: np.random.Generator, jvp: bool, fwd_over_rev: bool) -> None:
+    """Inside :func:`jaxrules.forward_mode`, in one compilation: ``jax.jvp`` of f against the
+    reference's; the JVP of the VJP (forward over reverse: a Hessian-vector product for a scalar
+    loss) against the reference's; and the VJP again (reverse mode through the twins)."""
+    from jaxrules.forward import forward_mode
+    tangents = _random_like(rng, tuple(args[i] for i in argnums))
+
+    def pushforward(fn, *a):
+        def sub(*diff):
+            full = list(a)
+            for i, v in zip(argnums, diff):
+                full[i] = v
+            return fn(*full)
+        return jax.jvp(sub, tuple(a[i] for i in argnums), tangents)
+
+    def hvp(vjp_fn, ybar, *a):
+        """d/dε vjp(ȳ, args + ε·tangents) at ε = 0."""
+        def sub(*diff):
+            full = list(a)
+            for i, v in zip(argnums, diff):
+                full[i] = v
+            return vjp_fn(ybar, *full)
+        return jax.jvp(sub, tuple(a[i] for i in argnums), tangents)[1]
+
+    @jax.jit
+    def run(ybar, *a):
+        res = {"vjp inside forward_mode": (f(*a), ours_vjp(ybar, *a), None)}
+        if jvp:
+            res["jvp"] = (pushforward(f, *a), pushforward(reference, *a))
+        if fwd_over_rev:
+            res["forward over reverse"] = (hvp(ours_vjp, ybar, *a), hvp(ref_vjp, ybar, *a))
+        return res
+    with forward_mode():
+        results = run(ybar, *args)
+    y, cts, _ = results.pop("vjp inside forward_mode")
+    c.close("vjp inside forward_mode", "output", y, y_ref)
+    for ct, ct_ref, i in zip(cts, cts_ref, argnums):
+        c.close("vjp inside forward_mode", f"cotangent of argument {i}", ct, ct_ref, weak=False)
+    if jvp:
+        (yo, to), (yr, tr) = results["jvp"]
+        c.close("jvp", "output", yo, yr)
+        c.close("jvp", "tangent of the output", to, tr, weak=False)
+    if fwd_over_rev:
+        ho, hr = results["forward over reverse"]
+        for h1, h2, i in zip(ho, hr, argnums):
+            c.close("forward over reverse", f"argument {i}", h1, h2, weak=False)
 
 
 def _batched_checks(c: _Checker, f: Callable, reference: Callable, ours_vjp: Callable, ref_vjp: Callable,

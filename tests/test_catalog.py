@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 import jaxrules as jr
-from jaxrules import activations, arithmetic, catalog, fused, linear, losses, pooling
+from jaxrules import activations, arithmetic, catalog, fused, linear, losses, normalization, pooling, transformer
 from jaxrules.testing import check_rule
 
 RULES = catalog.RULES
 # jaxrules.softmax the module is shadowed by jr.softmax the function in the package namespace
-MODULES = [activations, arithmetic, linear, importlib.import_module("jaxrules.softmax"), pooling, losses, fused]
+MODULES = [activations, arithmetic, linear, importlib.import_module("jaxrules.softmax"), pooling, losses, fused,
+           normalization, transformer]
 
 
 # float64: every row, every case. float32: the main case of the rows other than the activations
@@ -36,7 +37,8 @@ def test_rule(rule, dtype):
     for k, case in enumerate(cases):
         args = rule.sample(k, case, dtype)
         main = k == 0 and wide
-        checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main, checkpoint=main, scan=main)
+        checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main, checkpoint=main, scan=main,
+                      jvp=main, fwd_over_rev=main)
         checks |= {k: v and checks[k] for k, v in rule.checks.items()}
         check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} on {case}", rtol=rtol, atol=atol, **checks)
 
