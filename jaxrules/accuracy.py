@@ -412,12 +412,12 @@ def check_accuracy(rule: Callable, reference: Reference | Callable | Exact, *, s
       points: the finite points (default :func:`sweep_points` of ``dtype``).
       value_units: the largest value error allowed anywhere (None: not checked).
       gradient_units, gradient_factor, window: at every point the gradient's error must be at most
-        ``gradient_units``, or at most ``gradient_factor`` times the baseline's largest error over the
-        ``window`` points on either side (in the sweep's order); without a baseline, at most
-        ``gradient_units`` (None: not checked). The window is there for slopes that both compute
-        from a rounded value (a saturated sigmoid's y(1 − y), say): their errors are rounding noise
-        of nearly equal size, whose ratio point by point means nothing (one of them is 0 by luck).
-        ``window=0`` compares point by point.
+        ``gradient_units``, or at most ``gradient_factor`` times the baseline's largest error in the
+        point's neighbourhood: the ``window`` points on either side and every point within 0.5 of
+        it; without a baseline, at most ``gradient_units`` (None: not checked). The neighbourhood
+        is there for slopes that both compute from a rounded number (a saturated sigmoid's
+        y(1 − y), say): their errors are rounding noise of about equal size, whose ratio point by
+        point means nothing (one of them is 0 by luck). ``window=0`` compares point by point.
       limits: at ±inf the value must be f's limit and the gradient f′'s limit (to 4 units; the
         limits are the exact values at ± the largest finite number, ±inf where f grows past 1e30),
         and NaN must give NaN for both.
@@ -440,7 +440,7 @@ def check_accuracy(rule: Callable, reference: Reference | Callable | Exact, *, s
     if gradient_units is not None:
         allowed = np.full_like(ours.gradient, gradient_units)
         if base is not None:
-            allowed = np.maximum(allowed, gradient_factor * _neighbourhood_max(base.gradient, window))
+            allowed = np.maximum(allowed, gradient_factor * _neighbourhood_max(base.gradient, exact.x, window))
         bad = np.flatnonzero(~(ours.gradient <= allowed))
         if bad.size:
             i = bad[np.argmax(ours.gradient[bad] - allowed[bad])]
@@ -460,12 +460,28 @@ def check_accuracy(rule: Callable, reference: Reference | Callable | Exact, *, s
     return report
 
 
-def _neighbourhood_max(e: np.ndarray, w: int) -> np.ndarray:
-    """The largest of e over the w entries on either side of each (and itself)."""
+def _neighbourhood_max(e: np.ndarray, x: np.ndarray, w: int, width: float = 0.5) -> np.ndarray:
+    """The largest of e over each point's neighbourhood: the w points on either side in the order of
+    x, and every point within ``width`` of it (so that a denser sweep does not shrink it)."""
     if w <= 0 or e.size == 0:
         return e
-    from numpy.lib.stride_tricks import sliding_window_view
-    return sliding_window_view(np.pad(e, w, mode="edge"), 2 * w + 1).max(axis=-1)
+    order = np.argsort(x, kind="stable")
+    xs, es = np.asarray(x, np.float64)[order], e[order]
+    i = np.arange(xs.size)
+    lo = np.minimum(np.searchsorted(xs, xs - width, "left"), np.maximum(i - w, 0))
+    hi = np.maximum(np.searchsorted(xs, xs + width, "right"), np.minimum(i + w + 1, xs.size))
+    levels = [es]  # a sparse table: levels[k][j] = max(es[j : j + 2^k])
+    while 2 ** len(levels) <= xs.size:
+        prev, half = levels[-1], 2 ** (len(levels) - 1)
+        levels.append(np.maximum(prev[:-half], prev[half:]))
+    k = np.floor(np.log2(hi - lo)).astype(int)
+    table = np.full((len(levels), xs.size), -np.inf)
+    for j, lv in enumerate(levels):
+        table[j, :lv.size] = lv
+    out = np.maximum(table[k, lo], table[k, hi - 2 ** k])
+    result = np.empty_like(out)
+    result[order] = out
+    return result
 
 
 def _partial_report(name, exact, ours, y, g) -> Accuracy:
