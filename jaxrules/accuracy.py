@@ -357,7 +357,10 @@ def _fmt(v: float | None) -> str:
 
 def _value_and_slope(f: Callable) -> Callable:
     """x -> (f(x), f′(x)) for an elementwise f: the VJP with ȳ = 1, compiled once."""
-    @jax.jit
+    return jax.jit(_vjp_ones(f))
+
+
+def _vjp_ones(f: Callable) -> Callable:
     def run(x):
         y, back = jax.vjp(f, x)
         return y, back(jnp.ones_like(y))[0]
@@ -371,10 +374,15 @@ def _overflows(got: np.ndarray, exact: np.ndarray, dtype: Any) -> np.ndarray:
     return np.isinf(rounded) & (got == rounded)
 
 
-def _errors(f: Callable, exact: Exact, dtype: Any) -> tuple[Errors, np.ndarray, np.ndarray]:
+def _inputs(exact: Exact, dtype: Any) -> jax.Array:
+    """The sweep's points followed by −inf, inf and NaN, as one array of ``dtype``."""
+    return jnp.asarray(np.concatenate([exact.x.astype(dtype), np.array([*SPECIALS], dtype)]))
+
+
+def _errors(yg: tuple[Any, Any], exact: Exact, dtype: Any) -> tuple[Errors, np.ndarray, np.ndarray]:
+    """The errors of (y, g) computed on _inputs(exact): ours or a baseline's."""
     x = exact.x.astype(dtype)
-    specials = np.array([*SPECIALS], dtype)
-    y, g = (np.asarray(a, np.float64) for a in _value_and_slope(f)(jnp.asarray(np.concatenate([x, specials]))))
+    y, g = (np.asarray(a, np.float64) for a in yg)
     (y, ys), (g, gs) = (y[:x.size], y[x.size:]), (g[:x.size], g[x.size:])
     ux = ulp(x, dtype)
     g_mag = np.maximum(np.abs(exact.g_lo), np.abs(exact.g_hi))
@@ -431,8 +439,22 @@ def check_accuracy(rule: Callable, reference: Reference | Callable | Exact, *, s
     else:
         ref = reference if isinstance(reference, Reference) else Reference(reference, slope, curvature)
         exact = ref.exact(sweep_points(dtype) if points is None else np.asarray(points, dtype))
-    ours, y, g = _errors(rule, exact, dtype)
-    base = _errors(baseline, exact, dtype)[0] if baseline is not None else None
+    x = _inputs(exact, dtype)
+    ours_yg = _value_and_slope(rule)(x)
+    base_yg = _value_and_slope(baseline)(x) if baseline is not None else None
+    return _assess(name, exact, ours_yg, base_yg, dtype=dtype, value_units=value_units,
+                   gradient_units=gradient_units, gradient_factor=gradient_factor, window=window, limits=limits,
+                   baseline_name=baseline_name or (getattr(baseline, "__name__", None) if baseline else None),
+                   raise_on_failure=raise_on_failure)
+
+
+def _assess(name: str, exact: Exact, ours_yg: tuple, base_yg: tuple | None, *, dtype: Any = np.float32,
+            value_units: float | None = 4.0, gradient_units: float | None = 4.0, gradient_factor: float = 2.0,
+            window: int = 16, limits: bool = True, baseline_name: str | None = None,
+            raise_on_failure: bool = True) -> Accuracy:
+    """check_accuracy on values and slopes already computed on _inputs(exact)."""
+    ours, y, g = _errors(ours_yg, exact, dtype)
+    base = _errors(base_yg, exact, dtype)[0] if base_yg is not None else None
     failures = []
     if value_units is not None and ours.value_max > value_units:
         x, got, want, e = Accuracy.worst(_partial_report(name, exact, ours, y, g), "value", 1)[0]
@@ -453,8 +475,7 @@ def check_accuracy(rule: Callable, reference: Reference | Callable | Exact, *, s
                 v, gr = ours.specials[s]
                 want = "NaN" if s == "nan" else f"limits {exact.limits[0 if s == '-inf' else 1]}"
                 failures.append(f"at {s}: value {v!r}, gradient {gr!r}; want {want}")
-    report = Accuracy(name, baseline_name or (getattr(baseline, "__name__", None) if baseline else None), exact.x,
-                      exact, ours, base, y, g, failures)
+    report = Accuracy(name, baseline_name, exact.x, exact, ours, base, y, g, failures)
     if failures and raise_on_failure:
         raise AssertionError(f"{name}: accuracy: " + "; ".join(failures) + "\n" + str(report))
     return report
@@ -548,8 +569,8 @@ class RowAccuracy:
         return "\n".join(lines)
 
 
-def _row_run(f: Callable, args: Sequence[Any], argnums: Sequence[int], ybar: Any) -> tuple[np.ndarray, list]:
-    @jax.jit
+def _row_vjp(f: Callable, argnums: Sequence[int]) -> Callable:
+    """(ȳ, *args) -> (f(*args), cotangents of the argnums)."""
     def run(ybar, *args):
         def sub(*diff):
             full = list(args)
@@ -558,8 +579,7 @@ def _row_run(f: Callable, args: Sequence[Any], argnums: Sequence[int], ybar: Any
             return f(*full)
         y, back = jax.vjp(sub, *(args[i] for i in argnums))
         return y, back(ybar)
-    y, gs = run(ybar, *[jnp.asarray(a) for a in args])
-    return np.asarray(y, np.float64), [np.asarray(g, np.float64) for g in gs]
+    return run
 
 
 def _row_errors(y, gs, y_exact, g_exact, dtype) -> RowErrors:
@@ -601,12 +621,24 @@ def check_rows(rule: Callable, reference: Callable, args: Sequence[Any], *, base
     count against it). Returns a :class:`RowAccuracy`; raises AssertionError on a failure unless
     ``raise_on_failure`` is False.
     """
-    mp = _mpmath()
     name = name or getattr(rule, "__name__", type(rule).__name__)
     args = [np.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else np.asarray(a) for a in args]
     out = jax.eval_shape(lambda *a: rule(*a), *[jnp.asarray(a) for a in args])
     ybar = np.ones(out.shape, dtype) if cotangent is None else np.asarray(cotangent, dtype)
-    y, gs = _row_run(rule, args, argnums, jnp.asarray(ybar))
+    jargs = [jnp.asarray(a) for a in args]
+    ours_run = jax.jit(_row_vjp(rule, argnums))(jnp.asarray(ybar), *jargs)
+    base_run = jax.jit(_row_vjp(baseline, argnums))(jnp.asarray(ybar), *jargs) if baseline is not None else None
+    return _assess_rows(name, reference, args, ybar, ours_run, base_run, groups=groups, argnums=argnums,
+                        dtype=dtype, units=units, factor=factor, dps=dps, raise_on_failure=raise_on_failure,
+                        baseline_name=baseline_name or (getattr(baseline, "__name__", None) if baseline else None))
+
+
+def _assess_rows(name: str, reference: Callable, args: Sequence[np.ndarray], ybar: np.ndarray, ours_run: Any,
+                 base_run: Any, *, groups: dict[str, Any] | None, argnums: Sequence[int], dtype: Any, units: float,
+                 factor: float, dps: int, raise_on_failure: bool, baseline_name: str | None) -> RowAccuracy:
+    """check_rows on outputs and cotangents already computed."""
+    mp = _mpmath()
+    y, gs = np.asarray(ours_run[0], np.float64), [np.asarray(g, np.float64) for g in ours_run[1]]
     n = y.shape[0]
     y_exact = np.empty(y.shape)
     g_exact = [np.empty(args[i].shape) for i in argnums]
@@ -618,8 +650,8 @@ def check_rows(rule: Callable, reference: Callable, args: Sequence[Any], *, base
                 g_exact[k][r] = _flat(gr)
     ours = _row_errors(y, gs, y_exact, g_exact, dtype)
     base = None
-    if baseline is not None:
-        yb, gb = _row_run(baseline, args, argnums, jnp.asarray(ybar))
+    if base_run is not None:
+        yb, gb = np.asarray(base_run[0], np.float64), [np.asarray(g, np.float64) for g in base_run[1]]
         base = _row_errors(yb, gb, y_exact, g_exact, dtype)
     groups = {"all rows": np.arange(n)} if groups is None else {
         k: (np.flatnonzero(v) if np.asarray(v).dtype == np.bool_ else np.asarray(v)) for k, v in groups.items()}
@@ -631,8 +663,7 @@ def check_rows(rule: Callable, reference: Callable, args: Sequence[Any], *, base
             if not o <= max(units, factor * t):
                 failures.append(f"{g}: {which} error {_fmt(o)}" + (f" > {factor:g} × the baseline's {_fmt(t)}"
                                                                    if base is not None else f" > {units}"))
-    report = RowAccuracy(name, baseline_name or (getattr(baseline, "__name__", None) if baseline else None),
-                         groups, ours, base, failures)
+    report = RowAccuracy(name, baseline_name, groups, ours, base, failures)
     if failures and raise_on_failure:
         raise AssertionError(f"{name}: accuracy: " + "; ".join(failures) + "\n" + str(report))
     return report
@@ -785,13 +816,19 @@ def _references() -> dict[str, Reference]:
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One row of the accuracy table: a rule with its settings bound, its baseline and reference id."""
+    """One row of the accuracy table: a rule with its settings bound, its baseline, and the id of its
+    reference (by default its own id)."""
 
     id: str
     rule: Callable
     baseline: Callable
     baseline_name: str
     note: str = ""
+    reference: str = ""
+
+    @property
+    def reference_id(self) -> str:
+        return self.reference or self.id
 
 
 def _cases() -> tuple[Case, ...]:
@@ -818,7 +855,17 @@ def _cases() -> tuple[Case, ...]:
         "sparse_plus": nn("sparse_plus"), "sparse_sigmoid": nn("sparse_sigmoid"),
         "sigmoid_binary_cross_entropy(labels=0)": bce(0.0), "sigmoid_binary_cross_entropy(labels=1)": bce(1.0),
     }
-    return tuple(Case(k, *v, note=NOTES.get(k, "")) for k, v in table.items())
+    cases = [Case(k, *v, note=NOTES.get(k, "")) for k, v in table.items()]
+
+    # the gated activations of the transformer blocks, along a with b = 1 (their a-path is silu's or gelu's)
+    def gated(name, act, **kw):
+        return (lambda a: getattr(jr, name)(a, jnp.ones_like(a), **kw),
+                lambda a: getattr(jax.nn, act)(a, **kw) * jnp.ones_like(a), f"jax.nn.{act}(a)·b")
+    cases += [Case("swiglu(a, b=1)", *gated("swiglu", "silu"), reference="silu"),
+              Case("geglu(a, b=1)", *gated("geglu", "gelu"), reference="gelu"),
+              Case("geglu(a, b=1, approximate=False)", *gated("geglu", "gelu", approximate=False),
+                   note=NOTES.get("geglu(a, b=1, approximate=False)", ""), reference="gelu(approximate=False)")]
+    return tuple(cases)
 
 
 #: Where a rule keeps its rounded output y and computes the slope from it, a slope below ulp(1)
@@ -831,6 +878,7 @@ NOTES = {
     "celu": "slope (y + α)/α from the kept output: saturates for x < −17α, as jax.nn",
     "celu(alpha=1.5)": "slope (y + α)/α from the kept output: saturates for x < −17α, as jax.nn",
     "selu": "slope y + λα from the kept output: saturates for x < −17, as jax.nn",
+    "geglu(a, b=1, approximate=False)": "jax.nn.gelu's form (transformer.py): erfc(−a/√2) flushed below a = −13",
 }
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "accuracy.npz.xz")
@@ -1102,8 +1150,8 @@ def row_cases() -> tuple[RowCase, ...]:
     )
 
 
-def check_row_case(case: RowCase, seed: int = 0, raise_on_failure: bool = True, **kw: Any) -> RowAccuracy:
-    """A :class:`RowCase` on :func:`hard_rows` (with masked rows if it takes a mask), via :func:`check_rows`."""
+def _row_case_inputs(case: RowCase, seed: int = 0) -> tuple[tuple, dict, np.ndarray]:
+    """(args, groups, ȳ) of a row case on :func:`hard_rows`, with masked rows if it takes a mask."""
     x, groups = hard_rows(seed)
     rng = np.random.default_rng(seed + 1)
     extra: tuple = ()
@@ -1111,9 +1159,16 @@ def check_row_case(case: RowCase, seed: int = 0, raise_on_failure: bool = True, 
         x, mask, masked = _mask_rows(x, rng)
         groups = {**groups, "masked (one row fully)": masked}
         extra = (mask,)
-    args = (*case.args(x, rng), *extra)
+    args = tuple(np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.floating) else np.asarray(a)
+                 for a in (*case.args(x, rng), *extra))
     out = jax.eval_shape(case.baseline, *[jnp.asarray(a) for a in args])
     ybar = np.broadcast_to(_cotangent_row(out.shape[-1]), out.shape) if case.vector else np.ones(out.shape, np.float32)
+    return args, groups, np.ascontiguousarray(ybar)
+
+
+def check_row_case(case: RowCase, seed: int = 0, raise_on_failure: bool = True, **kw: Any) -> RowAccuracy:
+    """A :class:`RowCase` on :func:`hard_rows` (with masked rows if it takes a mask), via :func:`check_rows`."""
+    args, groups, ybar = _row_case_inputs(case, seed)
     return check_rows(case.rule, case.reference, args, baseline=case.baseline, groups=groups, cotangent=ybar,
                       argnums=case.argnums, name=case.id, baseline_name=case.baseline_name,
                       raise_on_failure=raise_on_failure, **kw)
@@ -1128,17 +1183,23 @@ END = "<!-- accuracy:end -->"
 def elementwise_reports(dense: bool = False, progress: bool = False) -> list[tuple[Case, Accuracy]]:
     """Every elementwise case against its reference: the committed one, or (``dense``) a denser sweep
     computed now with mpmath (a few minutes)."""
-    out = []
     refs = _references() if dense else None
     data = None if dense else reference_data()
     pts = dense_points() if dense else None
-    for case in _cases():
-        if progress:
-            print(f"  {case.id}", file=sys.stderr, flush=True)
-        exact = refs[case.id].exact(pts) if dense else data[case.id]
-        out.append((case, check_accuracy(case.rule, exact, baseline=case.baseline, name=case.id,
-                                         baseline_name=case.baseline_name, raise_on_failure=False)))
-    return out
+    cases = _cases()
+    exacts = {}
+    for case in cases:
+        if case.reference_id not in exacts:
+            if progress:
+                print(f"  {case.reference_id}", file=sys.stderr, flush=True)
+            exacts[case.reference_id] = refs[case.reference_id].exact(pts) if dense else data[case.reference_id]
+    x = _inputs(next(iter(exacts.values())), np.float32)  # every case has the same points
+
+    @jax.jit
+    def run(x):  # every rule and baseline in one compilation
+        return [(_vjp_ones(c.rule)(x), _vjp_ones(c.baseline)(x)) for c in cases]
+    return [(c, _assess(c.id, exacts[c.reference_id], o, b, baseline_name=c.baseline_name, raise_on_failure=False))
+            for c, (o, b) in zip(cases, run(x))]
 
 
 def dense_points(dtype: Any = np.float32) -> np.ndarray:
@@ -1147,7 +1208,18 @@ def dense_points(dtype: Any = np.float32) -> np.ndarray:
 
 
 def row_reports() -> list[tuple[RowCase, RowAccuracy]]:
-    return [(c, check_row_case(c, raise_on_failure=False)) for c in row_cases()]
+    """Every row case on the hard rows, all rules and baselines in one compilation."""
+    cases = row_cases()
+    inputs = [_row_case_inputs(c) for c in cases]
+
+    @jax.jit
+    def run(all_inputs):
+        return [(_row_vjp(c.rule, c.argnums)(ybar, *args), _row_vjp(c.baseline, c.argnums)(ybar, *args))
+                for c, (args, ybar) in zip(cases, all_inputs)]
+    results = run([([jnp.asarray(a) for a in args], jnp.asarray(ybar)) for args, _, ybar in inputs])
+    return [(c, _assess_rows(c.id, c.reference, args, ybar, o, b, groups=groups, argnums=c.argnums, dtype=np.float32,
+                             units=4.0, factor=2.0, dps=DPS, raise_on_failure=False, baseline_name=c.baseline_name))
+            for c, (args, groups, ybar), (o, b) in zip(cases, inputs, results)]
 
 
 def _pair(a: float, b: float | None) -> str:
