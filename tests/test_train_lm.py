@@ -112,6 +112,8 @@ def test_resume_reaches_exactly_the_uninterrupted_run(corpus_file, tmp_path):
     resumed, hist = tl.train(TINY, corpus, resume=tmp_path, progress=False)
     straight, hist2 = tl.train(TINY, corpus, progress=False)
     assert _same(resumed, straight) and hist == hist2 and len(hist["loss"]) == 8
+    other, hist3 = tl.train(replace(TINY, seed=1), corpus, until=2, progress=False)  # another seed, another run
+    assert hist3["loss"][0] != hist["loss"][0] and not _same(other, straight)
     with pytest.raises(ValueError, match=r"made with different settings: lr 0\.01 \(now 0\.02\)"):
         tl.train(replace(TINY, lr=2e-2), corpus, resume=tmp_path, progress=False)
 
