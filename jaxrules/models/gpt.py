@@ -222,15 +222,16 @@ def _layer(p: Params, x: Array, key: Array | None, cfg: GPT, ops) -> Array:
     return ops.add(x, _dropped(y, km, cfg, ops))
 
 
-def _after(x: Array, y_bar: Array) -> Array:
-    """x, exactly, but computed from ȳ: x · (0 · ȳ₀ + 1), with ȳ₀ one finite element of ȳ (or 0).
+def _after(tree: Any, y_bar: Array) -> Any:
+    """tree, exactly, but computed from ȳ: each leaf times (0 · ȳ₀ + 1), ȳ₀ one finite element of ȳ (or 0).
 
     XLA cannot see that the factor is 1, so whatever is recomputed from the result waits for ȳ and
-    is not merged with the forward's computation of the same values.
+    is not merged with the forward's computation of the same values (the parameters too: a norm's
+    scale broadcast to the activations' shape would otherwise be made once and kept).
     """
     v = y_bar.reshape(-1)[:1].sum()
     one = jnp.where(jnp.isfinite(v), v, 0) * 0 + 1
-    return x * one.astype(x.dtype)
+    return jax.tree_util.tree_map(lambda a: a * one.astype(a.dtype), tree)
 
 
 def _recomputed(f: Callable) -> Callable:
@@ -249,7 +250,7 @@ def _recomputed(f: Callable) -> Callable:
 
     def recomputed_bwd(res, y_bar):
         p, x, key = res
-        p_bar, x_bar = jax.vjp(lambda p, x: f(p, x, key), p, _after(x, y_bar))[1](y_bar)
+        p_bar, x_bar = jax.vjp(lambda p, x: f(p, x, key), *_after((p, x), y_bar))[1](y_bar)
         return p_bar, x_bar, None
 
     recomputed.defvjp(recomputed_fwd, recomputed_bwd)
