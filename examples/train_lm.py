@@ -118,7 +118,7 @@ def sample_batch(train, key, batch: int, context: int):
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = 600
+    steps: int = 500
     context: int = 256
     batch_size: int = 16
     layers: int = 4
@@ -131,7 +131,7 @@ class Config:
     weight_decay: float = 0.1
     clip: float = 1.0
     seed: int = 0
-    eval_every: int = 200
+    eval_every: int = 100
     eval_bytes: int = 1 << 16
 
     def model(self):
