@@ -465,7 +465,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    if a.devices > 1:  # CPU devices come from XLA's flag, which must be set before JAX starts
+    if a.devices > 1 and not a.distributed:  # one process's CPU devices: XLA's flag, set before JAX starts
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_force_host_platform_device_count" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={a.devices}".strip()
@@ -486,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    seconds = time.perf_counter() - t0
+    text = b""
+    if a.sample:  # on every process: the parameters span them all
+        text = make_generate(cfg)(params, a.prompt.encode(), a.sample, a.temperature,
+                                  jax.random.split(jax.random.key(cfg.seed), 3)[2])
     if jax.process_index() != 0:
         return 0
     if a.plot:
@@ -495,11 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
     print(f"{len(corpus.train):,} training / {len(corpus.valid):,} validation bytes from {corpus.source}; "
           f"{n:,} parameters, {cfg.layers} layers of width {cfg.width}; {len(history['loss'])} steps; "
-          f"{a.devices} device(s); {time.perf_counter() - t0:.1f} s")
+          f"{a.devices} device(s); {seconds:.1f} s")
     print(f"validation bits per byte: {history['valid_bpb'][-1]:.3f} (unigram baseline: {history['unigram_bpb']:.3f})")
     if a.sample:
-        text = make_generate(cfg)(params, a.prompt.encode(), a.sample, a.temperature,
-                                  jax.random.split(jax.random.key(cfg.seed), 3)[2])
         print(f"--- sample: {a.sample} bytes after {a.prompt!r}, temperature {a.temperature:g} ---")
         print((a.prompt.encode() + text).decode("utf-8", errors="replace"))
     return 0
