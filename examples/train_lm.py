@@ -118,7 +118,7 @@ def sample_batch(train, key, batch: int, context: int):
 
 @dataclass(frozen=True)
 class Config:
-    steps: int = 500
+    steps: int = 300
     context: int = 256
     batch_size: int = 16
     layers: int = 4
