@@ -10,6 +10,11 @@ Tables (``--only`` picks some):
 * ``fused``: XLA's compiled temp memory and the time of ``jit(value_and_grad(...))`` for the fused
   rules (linear + softmax cross-entropy at N=4096, D=512, V=32768; attention at batch 1, length
   4096, 4 heads, head_dim 64) against the plain formula differentiated by jax.
+* ``transformer``: the GPT of ``examples/train_lm.py`` (``jaxrules.models.gpt``) built from jaxrules
+  rules and, from the same parameters, in plain JAX (jax.nn, optax, XLA attention): their loss and
+  gradients agree; XLA temp memory of ``jit(value_and_grad(loss))`` and the step-time ratio at B=4,
+  T=1024, D=256, 4 layers, 4 heads, V=8192; temp memory alone (compiled, never run) at T=4096,
+  V=32768; and the longest power-of-two context whose temp memory fits in 4 GB.
 
 Times, where a table has them, are medians of ratios of interleaved runs on this (shared, noisy)
 machine, never a single absolute time.
@@ -305,6 +310,113 @@ def print_fused(repeats: int = 5, out: Callable[[str], None] = print) -> bool:
 
 
 TABLES: dict[str, Callable[..., bool]] = {"residuals": print_residuals, "step": print_step, "fused": print_fused}
+
+
+# --- transformer: the GPT of examples/train_lm.py, from jaxrules rules and in plain JAX --------
+
+#: the rows: (operations, what the jaxrules model recomputes in the backward; see jaxrules.models.gpt)
+GPT_VARIANTS = {
+    "plain JAX (jax.nn, optax)": ("plain", "none"),
+    "jaxrules rules": ("jaxrules", "none"),
+    "jaxrules, MLP recomputed": ("jaxrules", "mlp"),
+    "jaxrules, layers recomputed": ("jaxrules", "layer"),
+}
+GPT_HEADLINE = "jaxrules, layers recomputed"  # the row the targets are read from
+GPT_SHAPE = dict(batch=4, width=256, layers=4, heads=4)
+
+
+def gpt_case(variant: str, context: int, vocab: int, *, batch: int = 4, width: int = 256, layers: int = 4,
+             heads: int = 4, dtype: Any = jnp.float32, abstract: bool = False):
+    """(loss(params, ids), params, ids) for one row of GPT_VARIANTS; ids (batch, context + 1) random.
+
+    ``abstract``: params and ids as ShapeDtypeStructs, to compile without allocating.
+    """
+    from jaxrules.models import gpt
+    which, recompute = GPT_VARIANTS[variant]
+    cfg = gpt.GPT(vocab=vocab, layers=layers, width=width, heads=heads, recompute=recompute)
+    ops = gpt.operations(which)
+
+    def loss(params, ids):
+        return gpt.loss(params, ids[:, :-1], ids[:, 1:], cfg, ops)
+    if abstract:
+        params = jax.eval_shape(lambda: gpt.init(cfg, jax.random.key(0), dtype))
+        return loss, params, jax.ShapeDtypeStruct((batch, context + 1), jnp.int32)
+    params = gpt.init(cfg, jax.random.key(0), dtype)
+    return loss, params, jax.random.randint(jax.random.key(1), (batch, context + 1), 0, vocab, jnp.int32)
+
+
+def gpt_compiled(variant: str, context: int, vocab: int, abstract: bool = False, **shape):
+    """(compiled jit(value_and_grad(loss)) over the parameters, temp bytes, params, ids)."""
+    loss, params, ids = gpt_case(variant, context, vocab, abstract=abstract, **shape)
+    c = jax.jit(jax.value_and_grad(loss)).lower(params, ids).compile()
+    return c, c.memory_analysis().temp_size_in_bytes, params, ids
+
+
+def gpt_agreement(a: tuple, b: tuple) -> float:
+    """Largest difference between two (loss, grads), relative to the largest magnitude of each leaf in b."""
+    worst = 0.0
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        scale = float(jnp.max(jnp.abs(y))) or 1.0
+        worst = max(worst, float(jnp.max(jnp.abs(x - y))) / scale)
+    return worst
+
+
+def gpt_longest_context(variant: str, vocab: int = 32768, budget: int = 4 << 30, start: int = 512,
+                        stop: int = 1 << 17) -> tuple[int, int]:
+    """(longest power-of-two context whose temp memory fits in budget, its temp bytes); compile only."""
+    best, t = (0, 0), start
+    while t <= stop:
+        mem = gpt_compiled(variant, t, vocab, abstract=True, **GPT_SHAPE)[1]
+        if mem > budget:
+            break
+        best, t = (t, mem), 2 * t
+    return best
+
+
+def print_transformer(repeats: int = 5, out: Callable[[str], None] = print) -> bool:
+    plain = "plain JAX (jax.nn, optax)"
+    small, large = (1024, 8192), (4096, 32768)
+    runs, memory, agree = {}, {}, {}
+    for name in GPT_VARIANTS:
+        c, mem, params, ids = gpt_compiled(name, *small, **GPT_SHAPE)
+        runs[name] = (c, params, ids)
+        memory[name] = mem
+    reference = runs[plain][0](*runs[plain][1:])
+    for name, (c, params, ids) in runs.items():
+        agree[name] = gpt_agreement(c(params, ids), reference)
+    ratios: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):  # interleaved: load on the shared machine hits every row alike
+        times = {k: _time(lambda c=c, p=p, i=i: c(p, i), 1) for k, (c, p, i) in runs.items()}
+        for k in runs:
+            ratios[k].append(times[k] / times[plain])
+    del runs
+    big = {name: gpt_compiled(name, *large, abstract=True, **GPT_SHAPE)[1] for name in GPT_VARIANTS}
+    longest = {name: gpt_longest_context(name) for name in (plain, GPT_HEADLINE)}
+
+    b, d, n, h = (GPT_SHAPE[k] for k in ("batch", "width", "layers", "heads"))
+    out(f"## Transformer: a GPT (B={b}, width {d}, {n} layers, {h} heads, float32), jit(value_and_grad(loss))\n")
+    out("| model | temp MB, T=1024 V=8192 | ratio | step time ratio (median of interleaved) "
+        "| temp MB, T=4096 V=32768 (compiled only) | ratio | loss and gradients vs plain (max rel. diff) |")
+    out("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for k in GPT_VARIANTS:
+        out(f"| {k} | {memory[k] / 2 ** 20:.0f} | {memory[k] / memory[plain]:.3f} | "
+            f"{statistics.median(ratios[k]):.2f} | {big[k] / 2 ** 20:,.0f} | {big[k] / big[plain]:.3f} | "
+            f"{agree[k]:.1e} |")
+    (tp, mp), (to, mo) = longest[plain], longest[GPT_HEADLINE]
+    out(f"\nLongest power-of-two context in 4 GB of temp memory (V=32768): plain JAX {tp:,} ({mp / 2 ** 30:.2f} GB), "
+        f"{GPT_HEADLINE} {to:,} ({mo / 2 ** 30:.2f} GB): {to / max(tp, 1):g}x\n")
+    mem_r = memory[GPT_HEADLINE] / memory[plain]
+    time_r = statistics.median(ratios[GPT_HEADLINE])
+    big_r = big[GPT_HEADLINE] / big[plain]
+    checks = {"memory at T=1024 <= 0.30x": mem_r <= 0.30, "step time <= 0.80x": time_r <= 0.80,
+              "memory at T=4096 <= 0.10x": big_r <= 0.10, "longest context >= 4x": to >= 4 * tp,
+              "loss and gradients agree to 1e-4": all(v <= 1e-4 for v in agree.values())}
+    out(f"Targets ({GPT_HEADLINE}): " + "; ".join(f"{k}: {'holds' if v else 'FAILS'}" for k, v in checks.items())
+        + f"; next memory target <= 0.20x at T=1024: {'holds' if mem_r <= 0.20 else 'not yet'}\n")
+    return all(checks.values())
+
+
+TABLES["transformer"] = print_transformer
 
 
 def main(argv: list[str] | None = None) -> int:
