@@ -878,7 +878,8 @@ NOTES = {
     "celu": "slope (y + α)/α from the kept output: saturates for x < −17α, as jax.nn",
     "celu(alpha=1.5)": "slope (y + α)/α from the kept output: saturates for x < −17α, as jax.nn",
     "selu": "slope y + λα from the kept output: saturates for x < −17, as jax.nn",
-    "geglu(a, b=1, approximate=False)": "jax.nn.gelu's form (transformer.py): erfc(−a/√2) flushed below a = −13",
+    "gelu": "slope below 1e-37 for x < −10 (jax.nn's is inf there)",
+    "geglu(a, b=1)": "slope below 1e-37 for a < −10 (jax.nn's is inf there)",
 }
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "accuracy.npz.xz")
