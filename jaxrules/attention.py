@@ -54,6 +54,22 @@ def _dead_lse(S: int) -> float:
     return float(np.float32(_fill(np.float32)) + np.float32(np.log(max(S, 1))))
 
 
+@jax.custom_batching.custom_vmap
+def _any_member(live):
+    """A tile's liveness, which under ``jax.vmap`` is whether it is live for any member.
+
+    A batched predicate would turn ``lax.cond`` into a select of both branches (so nothing is
+    skipped), and inside ``jax.shard_map`` JAX's select path fails on the branches' constants
+    ("requires varying manual axes to match"). A visited tile that holds no visible score adds
+    nothing, so visiting it for every member is exact."""
+    return live
+
+
+@_any_member.def_vmap
+def _any_member_vmap(axis_size, in_batched, live):
+    return (jnp.any(live) if in_batched[0] else live), False
+
+
 # --- tiles -----------------------------------------------------------------------------------
 
 class _Tiles:
@@ -105,7 +121,7 @@ class _Masking:
             live &= c0 < self.kv_len[b]
         if self.mask is not None:
             live &= jnp.any(self.mask_tile(tl, b, qs, ks))
-        return live
+        return _any_member(live)
 
     def mask_tile(self, tl: _Tiles, b, qs, ks):
         m = self.mask
