@@ -1,0 +1,207 @@
+"""optax's softmax cross-entropies, and the output layer fused with the integer-label one.
+
+``optax.softmax_cross_entropy_with_integer_labels`` is plain operations in a jaxpr (a
+``take_along_axis`` and jax.nn's ``logsumexp``); ``optax.softmax_cross_entropy`` is jax.nn's
+``log_softmax`` (a named jit), a product and a sum. Both are recognised by tracing optax's own
+function on the candidate's shapes (see _match).
+
+Where the logits of the integer-label cross-entropy are a matrix product, plus a bias, used by
+nothing else, the three become one ``jr.linear_softmax_cross_entropy``, which never holds the
+logits: the product of activations (…, D) with a weight (D, V) or (V, D) (a tied embedding, or
+Equinox's ``Linear`` under ``vmap``, whose product comes out transposed), the bias any broadcast of
+a (V,) vector along the last axis.
+
+optax reads a negative label as counting from the end (``take_along_axis``); the jaxrules rules
+give NaN for labels outside [0, V), so lean adds V to negative labels first, as optax does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxrules as jr
+from jaxrules.lean import _ir
+from jaxrules.lean._ir import Node, Value
+from jaxrules.lean._match import Match, aval_key, exact, group, only_use, skeleton, struct, template
+from jaxrules.lean.rewrite import register
+
+_V = 7  # stand-in number of classes for the skeleton
+
+
+def _int_ce(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _anchor(f, *avals) -> set[str]:
+    try:
+        return {_ir.trace(f, *avals).outs[0].node.name}
+    except Exception:  # noqa: BLE001
+        return set()
+
+
+def _wrap(labels: jax.Array, v: int) -> jax.Array:
+    return jnp.where(labels < 0, labels + v, labels)
+
+
+_PROBE = (jax.ShapeDtypeStruct((3, _V), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.int32))
+
+
+@register(*_anchor(_int_ce, *_PROBE))
+def find_integer_cross_entropy(node: Node) -> Match | None:
+    y = node.outs[0]
+    if len(node.outs) != 1 or not jnp.issubdtype(y.aval.dtype, jnp.floating):
+        return None
+    probe = template(("ice-probe", aval_key(y)), _int_ce, jax.ShapeDtypeStruct(y.aval.shape + (_V,), y.aval.dtype),
+                     jax.ShapeDtypeStruct(y.aval.shape, jnp.int32))
+    b = skeleton(probe, y)
+    if b is None:
+        return None
+    logits, labels = b.inputs(probe)
+    if logits is None or labels is None or not jnp.issubdtype(labels.aval.dtype, jnp.integer) \
+            or logits.aval.shape[:-1] != y.aval.shape:
+        return None
+    tmpl = template(("ice", aval_key(logits), aval_key(labels)), _int_ce, struct(logits), struct(labels))
+    bb = exact(tmpl, y)
+    if bb is None or bb.values.get(tmpl.ins[0]) is not logits or bb.values.get(tmpl.ins[1]) is not labels:
+        return None
+    nodes = group(bb, [y])
+    if nodes is None:
+        return None
+    v = logits.aval.shape[-1]
+    fused = _linear(logits, nodes)
+    if fused is not None:
+        return _fused_match(y, nodes | fused[0], labels, v, *fused[1:])
+
+    def emit(z, c):
+        return [jr.softmax_cross_entropy_with_integer_labels(z, _wrap(c, v))]
+    return Match("softmax_cross_entropy_with_integer_labels", nodes, [logits, labels], [y], emit, key=("ice",))
+
+
+def _fused_match(y, nodes, labels, v, a, w, w_axis, bias) -> Match:
+    d = a.aval.shape[-1]
+    inputs = [a, w, labels] + ([bias] if bias is not None else [])
+
+    def emit(x, W, c, b=None):
+        x2 = x.reshape(-1, d)
+        W2 = W if w_axis == 0 else W.T
+        loss = jr.linear_softmax_cross_entropy(x2, W2, _wrap(c.reshape(-1), v), None if b is None else b.reshape(v))
+        return [loss.reshape(y.aval.shape).astype(y.aval.dtype)]
+    return Match("linear_softmax_cross_entropy", nodes, inputs, [y], emit, key=("lsce", w_axis, bias is not None))
+
+
+def _linear(logits: Value, ce: set) -> tuple | None:
+    """(nodes, activations, weight, its contracted axis, bias or None) if logits = a @ W (+ b), used only
+    by the cross-entropy ``ce``."""
+    nodes: set = set()
+    inside = ce
+    if not only_use(logits, inside):
+        return None
+    v = logits.aval.shape[-1]
+    bias = None
+    z = logits
+    n = z.node
+    if n is not None and n.name == "add":
+        for i in (0, 1):
+            src = _bias(n.ins[1 - i], v, logits.aval.ndim, nodes | {n})
+            if src is not None and n.ins[i].node is not None and n.ins[i].node.name in ("dot_general", "transpose"):
+                bias, z = src, n.ins[i]
+                nodes.add(n)
+                break
+        else:
+            return None
+        if not only_use(z, inside | nodes):
+            return None
+    perm = None
+    n = z.node
+    if n is not None and n.name == "transpose":
+        perm = [int(p) for p in n.params["permutation"]]
+        nodes.add(n)
+        z = n.ins[0]
+        if not only_use(z, inside | nodes):
+            return None
+    n = z.node
+    if n is None or n.name != "dot_general" or n.params.get("precision") is not None:
+        return None
+    (lc, rc), (lb, rb) = n.params["dimension_numbers"]
+    if lb or rb or len(lc) != 1:
+        return None
+    pet = n.params.get("preferred_element_type")
+    dtype = logits.aval.dtype
+    if pet is not None and pet != dtype:
+        return None
+    for w_side in (1, 0):
+        W, A = n.ins[w_side], n.ins[1 - w_side]
+        wc, ac = (int(rc[0]), int(lc[0])) if w_side == 1 else (int(lc[0]), int(rc[0]))
+        if W.aval.ndim != 2 or ac != A.aval.ndim - 1 or A.aval.ndim < 1 or W.aval.shape[1 - wc] != v:
+            continue
+        if A.aval.dtype != dtype or W.aval.dtype != dtype:
+            continue
+        r = A.aval.ndim - 1  # free axes of A, then V (W on the right) or V, then A's (W on the left)
+        layout = list(range(r)) + [r] if w_side == 1 else [r] + list(range(r))
+        if perm is not None:
+            layout = [layout[p] for p in perm]
+        if layout != list(range(r + 1)):
+            continue
+        nodes.add(n)
+        if bias is not None and bias.aval.dtype != dtype:
+            return None
+        return nodes, A, W, wc, bias
+    return None
+
+
+def _bias(b: Value, v: int, rank: int, inside: set) -> Value | None:
+    """The (V,)-sized source of b, a broadcast along the last axis of a rank-``rank`` array; its
+    broadcasts and reshapes are added to ``inside``. None if b is anything else."""
+    axis_of_v = rank - 1   # where V sits in the current value
+    while b.node is not None and b.node.name in ("broadcast_in_dim", "reshape") and only_use(b, inside):
+        n = b.node
+        src = n.ins[0]
+        if n.name == "broadcast_in_dim":
+            dims = [int(d) for d in n.params["broadcast_dimensions"]]
+            if axis_of_v not in dims:
+                return None
+            axis_of_v = dims.index(axis_of_v)
+        else:  # a reshape between (V,) and (1, ..., 1, V)
+            out = b.aval.shape
+            if out[axis_of_v] != v or any(s != 1 for i, s in enumerate(out) if i != axis_of_v):
+                return None
+            if src.aval.ndim == 0 or src.aval.shape[-1] != v or any(s != 1 for s in src.aval.shape[:-1]):
+                return None
+            axis_of_v = src.aval.ndim - 1
+        inside.add(n)
+        b = src
+    if b.aval.shape == (v,) and axis_of_v == 0 and jnp.issubdtype(b.aval.dtype, jnp.floating):
+        return b
+    return None
+
+
+# --- optax.softmax_cross_entropy (distributions as labels) --------------------------------------
+
+def _ce(logits, labels):
+    return optax.softmax_cross_entropy(logits, labels)
+
+
+@register(*_anchor(_ce, _PROBE[0], _PROBE[0]))
+def find_cross_entropy(node: Node) -> Match | None:
+    y = node.outs[0]
+    if len(node.outs) != 1 or not jnp.issubdtype(y.aval.dtype, jnp.floating):
+        return None
+    pa = jax.ShapeDtypeStruct(y.aval.shape + (_V,), y.aval.dtype)
+    probe = template(("ce-probe", aval_key(y)), _ce, pa, pa)
+    b = skeleton(probe, y)
+    if b is None:
+        return None
+    logits, labels = b.inputs(probe)
+    if logits is None or labels is None or logits.aval.shape != labels.aval.shape:
+        return None
+    tmpl = template(("ce", aval_key(logits), aval_key(labels)), _ce, struct(logits), struct(labels))
+    bb = exact(tmpl, y)
+    if bb is None or bb.values.get(tmpl.ins[0]) is not logits or bb.values.get(tmpl.ins[1]) is not labels:
+        return None
+    nodes = group(bb, [y])
+    if nodes is None:
+        return None
+    return Match("softmax_cross_entropy", nodes, [logits, labels], [y],
+                 lambda z, d: [jr.softmax_cross_entropy(z, d)], key=("ce",))
