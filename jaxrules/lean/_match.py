@@ -103,6 +103,19 @@ def cached(key: Any, make: Callable[[], Any]) -> Any:
     return val
 
 
+def stand_in(a: Any, dtype: Any = None) -> Any:
+    """A ShapeDtypeStruct of a's rank with small distinct sizes (2, 3, 5, ...), for skeleton probes:
+    one probe serves every candidate of that rank and dtype."""
+    a = a.aval if isinstance(a, Value) else a
+    sizes = (2, 3, 5, 7, 11, 13, 17, 19)
+    return jax.ShapeDtypeStruct(sizes[:len(a.shape)], dtype or a.dtype)
+
+
+def rank_key(v: Value | Any) -> tuple:
+    a = v.aval if isinstance(v, Value) else v
+    return (len(a.shape), str(a.dtype))
+
+
 def aval_key(v: Value | Any) -> tuple:
     a = v.aval if isinstance(v, Value) else v
     return (tuple(a.shape), str(a.dtype), bool(getattr(a, "weak_type", False)))
@@ -308,14 +321,58 @@ def fold(v: Value) -> np.ndarray | None:
         return None
     env: dict = {}
     try:
-        with jax.ensure_compile_time_eval():
-            for n in order:
-                args = [w.const if w.known else env[w] for w in n.ins]
-                for o, val in zip(n.outs, _ir.bind(n, args)):
-                    env[o] = val
-            return np.asarray(env[v])
+        for n in order:
+            args = [np.asarray(w.const) if w.known else env[w] for w in n.ins]
+            outs = _numpy(n, args)
+            if outs is None:
+                with jax.ensure_compile_time_eval():
+                    outs = [np.asarray(o) for o in _ir.bind(n, args)]
+            for o, val in zip(n.outs, outs):
+                if val.shape != tuple(o.aval.shape) or val.dtype != o.aval.dtype:
+                    return None
+                env[o] = val
+        return env[v]
     except Exception:  # noqa: BLE001
         return None
+
+
+def _numpy(n: Node, args: list) -> list | None:
+    """n on NumPy arrays, for the operations masks and scales are built from (exact in NumPy: integer
+    and boolean arithmetic, comparisons, layout, casts, sqrt); None for anything else (JAX runs it)."""
+    p, name, dtype = n.params, n.name, n.outs[0].aval.dtype
+    if name == "iota":
+        shape, dim = tuple(p["shape"]), int(p["dimension"])
+        r = np.arange(shape[dim], dtype=dtype).reshape([-1 if i == dim else 1 for i in range(len(shape))])
+        return [np.broadcast_to(r, shape).copy()]
+    if name == "broadcast_in_dim":
+        shape = tuple(p["shape"])
+        dims = [int(d) for d in p["broadcast_dimensions"]]
+        src = args[0].reshape([args[0].shape[dims.index(i)] if i in dims else 1 for i in range(len(shape))]) \
+            if sorted(dims) == dims else None
+        return None if src is None else [np.broadcast_to(src, shape).copy()]
+    if name == "reshape" and p.get("dimensions") is None:
+        return [args[0].reshape(tuple(p["new_sizes"]))]
+    if name == "transpose":
+        return [np.transpose(args[0], [int(a) for a in p["permutation"]])]
+    if name == "squeeze":
+        return [np.squeeze(args[0], tuple(int(d) for d in p["dimensions"]))]
+    if name == "convert_element_type" and (np.dtype(dtype).kind in "biu" or args[0].dtype.kind in "bf"):
+        return [args[0].astype(dtype)]
+    if name == "select_n" and args[0].dtype == np.bool_ and len(args) == 3:
+        return [np.where(args[0], args[2], args[1]).astype(dtype)]
+    binary = {"ge": np.greater_equal, "gt": np.greater, "le": np.less_equal, "lt": np.less, "eq": np.equal,
+              "ne": np.not_equal, "and": np.logical_and if dtype == np.bool_ else np.bitwise_and,
+              "or": np.logical_or if dtype == np.bool_ else np.bitwise_or}
+    if name in binary and len(args) == 2:
+        return [np.asarray(binary[name](args[0], args[1])).astype(dtype)]
+    if name in ("add", "sub", "mul", "max", "min") and np.dtype(dtype).kind in "iu":
+        f = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[name]
+        return [np.asarray(f(args[0], args[1])).astype(dtype)]
+    if name == "not" and dtype == np.bool_:
+        return [np.logical_not(args[0])]
+    if name == "sqrt" and np.dtype(dtype).kind == "f" and args[0].dtype == dtype:
+        return [np.sqrt(args[0])]
+    return None
 
 
 def known_scalar(v: Value) -> float | None:

@@ -24,7 +24,7 @@ import numpy as np
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import Match, aval_key, exact, group, struct, template
+from jaxrules.lean._match import Match, aval_key, exact, group, rank_key, skeleton, stand_in, struct, template
 from jaxrules.lean.rewrite import register
 
 
@@ -97,6 +97,10 @@ def _activation_pattern(spec: Activation) -> Callable:
         if len(node.outs) != 1 or not jnp.issubdtype(y.aval.dtype, jnp.floating):
             return None
         for s in _settings(spec, node):
+            probe = template(("act-probe", spec.rule, repr(s), type(s).__name__, rank_key(y)),
+                             lambda x, s=s: _call(spec.ref, x, spec.setting, s), stand_in(y))
+            if skeleton(probe, y) is None:
+                continue
             key = ("act", spec.rule, repr(s), type(s).__name__, aval_key(y))
             tmpl = template(key, lambda x, s=s: _call(spec.ref, x, spec.setting, s), struct(y))
             b = exact(tmpl, y)
@@ -160,6 +164,9 @@ def find_softmax(node: Node) -> Match | None:
         return None
     axes = found[1]
     axis = axes[0] if len(axes) == 1 else axes
+    probe = template(("softmax-probe", axis, rank_key(y)), lambda x: jax.nn.softmax(x, axis=axis), stand_in(y))
+    if skeleton(probe, y) is None:
+        return None
     key = ("softmax", axis, aval_key(y))
     tmpl = template(key, lambda x: jax.nn.softmax(x, axis=axis), struct(y))
     b = exact(tmpl, y)
@@ -187,6 +194,10 @@ def find_log_softmax(node: Node) -> Match | None:
         return None
     nd = y.aval.ndim
     for axis in [-1] + list(range(nd - 1)):
+        probe = template(("log_softmax-probe", axis, rank_key(y)),
+                         lambda x, axis=axis: jax.nn.log_softmax(x, axis=axis), stand_in(y))
+        if skeleton(probe, y) is None:
+            continue
         key = ("log_softmax", axis, aval_key(y))
         tmpl = template(key, lambda x, axis=axis: jax.nn.log_softmax(x, axis=axis), struct(y))
         b = exact(tmpl, y)
@@ -208,6 +219,10 @@ def find_logsumexp(node: Node) -> Match | None:
     x, axes = found
     keepdims = x.aval.ndim == y.aval.ndim
     axis = axes[0] if len(axes) == 1 else axes
+    probe = template(("logsumexp-probe", axis, keepdims, rank_key(x)),
+                     lambda a: jax.nn.logsumexp(a, axis=axis, keepdims=keepdims), stand_in(x))
+    if skeleton(probe, y) is None:
+        return None
     key = ("logsumexp", axis, keepdims, aval_key(x))
     tmpl = template(key, lambda a: jax.nn.logsumexp(a, axis=axis, keepdims=keepdims), struct(x))
     b = exact(tmpl, y)

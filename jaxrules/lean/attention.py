@@ -41,8 +41,8 @@ import numpy as np
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import (Match, aval_key, closed, exact, fold, known_scalar, only_use, peels, skeleton,
-                                  struct, template)
+from jaxrules.lean._match import (TRANSPARENT, Match, aval_key, closed, exact, fold, known_scalar, only_use, peels, rank_key,
+                                  skeleton, stand_in, struct, template)
 from jaxrules.lean.rewrite import register
 
 
@@ -120,9 +120,11 @@ def find_jax_nn_attention(node: Node) -> Match | None:
     y = node.outs[0]
     if len(node.outs) != 1 or y.aval.ndim not in (3, 4) or not jnp.issubdtype(y.aval.dtype, jnp.floating):
         return None
+    if not _weighted_sum_of_softmax(y):
+        return None
     for has_bias, has_mask, causal in _VARIANTS:
-        probe = template(("dpa-probe", has_bias, has_mask, causal, aval_key(y)), _dpa(None, causal, has_bias, has_mask),
-                         *_probe_avals(y.aval, has_bias, has_mask))
+        probe = template(("dpa-probe", has_bias, has_mask, causal, rank_key(y)), _dpa(None, causal, has_bias, has_mask),
+                         *_probe_avals(stand_in(y), has_bias, has_mask))
         b = skeleton(probe, y)
         if b is None:
             continue
@@ -142,6 +144,20 @@ def find_jax_nn_attention(node: Node) -> Match | None:
                     return None
                 return _nn_match(nodes, ins, y, scale, causal, has_bias, has_mask)
     return None
+
+
+def _through_layout(v: Value) -> Value:
+    while v.node is not None and v.node.name in TRANSPARENT:
+        v = v.node.ins[0]
+    return v
+
+
+def _weighted_sum_of_softmax(y: Value) -> bool:
+    """y is, up to layout, a product of which one factor is, up to layout, a quotient (a softmax):
+    a cheap test before tracing jax.nn's attention for a candidate."""
+    n = _through_layout(y).node
+    return n is not None and n.name == "dot_general" and any(
+        (w := _through_layout(i)).node is not None and w.node.name == "div" for i in n.ins)
 
 
 def _nn_match(nodes, ins, y, scale, causal, has_bias, has_mask) -> Match:
@@ -189,6 +205,9 @@ def _softmax_input(p: Value) -> tuple[Value, set, int] | None:
     if red is None or red.name != "reduce_sum" or len(red.params["axes"]) != 1:
         return None
     axis = int(red.params["axes"][0])
+    probe = template(("softmax-probe", axis, rank_key(p)), lambda x: jax.nn.softmax(x, axis=axis), stand_in(p))
+    if skeleton(probe, p) is None:
+        return None
     tmpl = template(("softmax", axis, aval_key(p)), lambda x: jax.nn.softmax(x, axis=axis), struct(p))
     b = exact(tmpl, p)
     if b is None:

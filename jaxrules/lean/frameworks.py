@@ -108,8 +108,12 @@ _HOW = ("pass the NNX module to the function as an argument (lean(loss)(model, b
 
 
 def _prepare_nnx(nnx: Any, fun: Callable, args: tuple, kwargs: dict) -> Traced:
-    graphdef, state = nnx.split((args, kwargs))
-    leaves, sdef = jax.tree_util.tree_flatten(state)
+    # Variables (the state a call may update) apart from the other arrays among the arguments
+    graphdef, variables, rest = nnx.split((args, kwargs), nnx.Variable, ...)
+    vleaves, vdef = jax.tree_util.tree_flatten(variables)
+    rleaves, rdef = jax.tree_util.tree_flatten(rest)
+    nv = len(vleaves)
+    leaves = vleaves + rleaves
     dynamic = [_is_array(x) for x in leaves]
     outs = _Outputs()
     after: dict = {}
@@ -117,18 +121,18 @@ def _prepare_nnx(nnx: Any, fun: Callable, args: tuple, kwargs: dict) -> Traced:
     def pure(*arrays):
         it = iter(arrays)
         full = [next(it) if d else x for x, d in zip(leaves, dynamic)]
-        a, kw = nnx.merge(graphdef, jax.tree_util.tree_unflatten(sdef, full))
+        a, kw = nnx.merge(graphdef, jax.tree_util.tree_unflatten(vdef, full[:nv]),
+                          jax.tree_util.tree_unflatten(rdef, full[nv:]))
         try:
             out = fun(*a, **kw)
         except Exception as e:
             if type(e).__name__ == "TraceContextError":
-                raise StateError(f"jr.lean: {fun.__name__ if hasattr(fun, '__name__') else fun} updates "
-                                 f"the state of an NNX module it does not take as an argument ({e}); "
-                                 f"{_HOW}") from e
+                raise StateError(f"jr.lean: {getattr(fun, '__name__', fun)} updates the state of an NNX module "
+                                 f"it does not take as an argument ({e}); {_HOW}") from e
             raise
         flat = outs.flatten(out)
-        _, new_state = nnx.split((a, kw))
-        new_leaves, after["sdef"] = jax.tree_util.tree_flatten(new_state)
+        _, new_vars, _ = nnx.split((a, kw), nnx.Variable, ...)
+        new_leaves, after["def"] = jax.tree_util.tree_flatten(new_vars)
         after["dynamic"] = [_is_array(x) for x in new_leaves]
         after["static"] = [None if _is_array(x) else x for x in new_leaves]
         return flat + [x for x in new_leaves if _is_array(x)]
@@ -138,8 +142,7 @@ def _prepare_nnx(nnx: Any, fun: Callable, args: tuple, kwargs: dict) -> Traced:
         result = outs.unflatten(flat[:n])
         it = iter(flat[n:])
         new = [next(it) if d else s for d, s in zip(after["dynamic"], after["static"])]
-        new_state = jax.tree_util.tree_unflatten(after["sdef"], new)
-        nnx.update((args, kwargs), new_state)
+        nnx.update((args, kwargs), jax.tree_util.tree_unflatten(after["def"], new))
         return result
 
     return Traced([x for x, d in zip(leaves, dynamic) if d], pure, finish)

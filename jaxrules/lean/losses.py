@@ -24,7 +24,7 @@ import optax
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import Match, aval_key, exact, group, only_use, skeleton, struct, template
+from jaxrules.lean._match import Match, aval_key, exact, group, only_use, rank_key, skeleton, stand_in, struct, template
 from jaxrules.lean.rewrite import register
 
 _V = 7  # stand-in number of classes for the skeleton
@@ -53,8 +53,9 @@ def find_integer_cross_entropy(node: Node) -> Match | None:
     y = node.outs[0]
     if len(node.outs) != 1 or not jnp.issubdtype(y.aval.dtype, jnp.floating):
         return None
-    probe = template(("ice-probe", aval_key(y)), _int_ce, jax.ShapeDtypeStruct(y.aval.shape + (_V,), y.aval.dtype),
-                     jax.ShapeDtypeStruct(y.aval.shape, jnp.int32))
+    sy = stand_in(y)
+    probe = template(("ice-probe", rank_key(y)), _int_ce, jax.ShapeDtypeStruct(sy.shape + (_V,), sy.dtype),
+                     jax.ShapeDtypeStruct(sy.shape, jnp.int32))
     b = skeleton(probe, y)
     if b is None:
         return None
@@ -188,8 +189,9 @@ def find_cross_entropy(node: Node) -> Match | None:
     y = node.outs[0]
     if len(node.outs) != 1 or not jnp.issubdtype(y.aval.dtype, jnp.floating):
         return None
-    pa = jax.ShapeDtypeStruct(y.aval.shape + (_V,), y.aval.dtype)
-    probe = template(("ce-probe", aval_key(y)), _ce, pa, pa)
+    sy = stand_in(y)
+    pa = jax.ShapeDtypeStruct(sy.shape + (_V,), sy.dtype)
+    probe = template(("ce-probe", rank_key(y)), _ce, pa, pa)
     b = skeleton(probe, y)
     if b is None:
         return None
