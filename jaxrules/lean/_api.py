@@ -20,7 +20,7 @@ def _load_patterns() -> None:
 def _analyse(fun: Callable, args: tuple, kwargs: dict) -> tuple[frameworks.Traced, Any, _ir.Program, Plan]:
     _load_patterns()
     traced = frameworks.prepare(fun, args, kwargs)
-    closed = jax.make_jaxpr(traced.pure)(*traced.leaves)
+    closed = frameworks.trace(traced, fun)
     prog = _ir.build(closed)
     return traced, closed, prog, rewrite.plan(prog)
 

@@ -420,6 +420,10 @@ def _layout(node, y, qk, nodes, p_side, pc, vc, pb, vb, s_axis, score_rank, mask
         if mval is not None:
             m4 = to4(_expand_np(mval, msrc[1], score_rank))
             mode, empty = _read_mask(~m4 if negate else m4, False, T, S)
+        if empty and fill == "nan":
+            # a -inf fill on rows that may have no key: the original's output is NaN there and its
+            # gradient NaN everywhere; lean does not reproduce that, it leaves the attention alone
+            return None
 
     def canon(a, perm):  # (batch..., L, H) -> (B, L, N, H)
         a = jnp.transpose(a, perm)

@@ -98,7 +98,18 @@ def _prepare_tree(fun: Callable, args: tuple, kwargs: dict) -> Traced:
 
 
 class StateError(RuntimeError):
-    pass
+    """fun updates NNX state that lean cannot write back (a module it closes over)."""
+
+
+def trace(traced: Traced, fun: Callable) -> Any:
+    """The ClosedJaxpr of traced.pure; NNX's refusal to update a closed-over module, explained."""
+    try:
+        return jax.make_jaxpr(traced.pure)(*traced.leaves)
+    except Exception as e:
+        if type(e).__name__ == "TraceContextError":
+            raise StateError(f"jr.lean: {getattr(fun, '__name__', fun)} updates the state of an NNX module it "
+                             f"does not take as an argument ({e}); {_HOW}") from e
+        raise
 
 
 _HOW = ("pass the NNX module to the function as an argument (lean(loss)(model, batch)), or use the "
@@ -123,14 +134,7 @@ def _prepare_nnx(nnx: Any, fun: Callable, args: tuple, kwargs: dict) -> Traced:
         full = [next(it) if d else x for x, d in zip(leaves, dynamic)]
         a, kw = nnx.merge(graphdef, jax.tree_util.tree_unflatten(vdef, full[:nv]),
                           jax.tree_util.tree_unflatten(rdef, full[nv:]))
-        try:
-            out = fun(*a, **kw)
-        except Exception as e:
-            if type(e).__name__ == "TraceContextError":
-                raise StateError(f"jr.lean: {getattr(fun, '__name__', fun)} updates the state of an NNX module "
-                                 f"it does not take as an argument ({e}); {_HOW}") from e
-            raise
-        flat = outs.flatten(out)
+        flat = outs.flatten(fun(*a, **kw))
         _, new_vars, _ = nnx.split((a, kw), nnx.Variable, ...)
         new_leaves, after["def"] = jax.tree_util.tree_flatten(new_vars)
         after["dynamic"] = [_is_array(x) for x in new_leaves]

@@ -24,7 +24,7 @@ import optax
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import Match, aval_key, exact, group, only_use, rank_key, skeleton, stand_in, struct, template
+from jaxrules.lean._match import Match, aval_key, exact, group, only_use, peels, rank_key, skeleton, stand_in, struct, template
 from jaxrules.lean.rewrite import register
 
 _V = 7  # stand-in number of classes for the skeleton
@@ -57,15 +57,17 @@ def find_integer_cross_entropy(node: Node) -> Match | None:
     probe = template(("ice-probe", rank_key(y)), _int_ce, jax.ShapeDtypeStruct(sy.shape + (_V,), sy.dtype),
                      jax.ShapeDtypeStruct(sy.shape, jnp.int32))
     b = skeleton(probe, y)
-    if b is None:
+    if b is None or None in b.inputs(probe):
         return None
-    logits, labels = b.inputs(probe)
-    if logits is None or labels is None or not jnp.issubdtype(labels.aval.dtype, jnp.integer) \
-            or logits.aval.shape[:-1] != y.aval.shape:
-        return None
-    tmpl = template(("ice", aval_key(logits), aval_key(labels)), _int_ce, struct(logits), struct(labels))
-    bb = exact(tmpl, y)
-    if bb is None or bb.values.get(tmpl.ins[0]) is not logits or bb.values.get(tmpl.ins[1]) is not labels:
+    for logits, labels in peels(b.inputs(probe)):
+        if not jnp.issubdtype(labels.aval.dtype, jnp.integer) or logits.aval.shape[:-1] != y.aval.shape \
+                or labels.aval.shape != y.aval.shape:
+            continue
+        tmpl = template(("ice", aval_key(logits), aval_key(labels)), _int_ce, struct(logits), struct(labels))
+        bb = exact(tmpl, y)
+        if bb is not None and bb.values.get(tmpl.ins[0]) is logits and bb.values.get(tmpl.ins[1]) is labels:
+            break
+    else:
         return None
     nodes = group(bb, [y])
     if nodes is None:
@@ -193,14 +195,16 @@ def find_cross_entropy(node: Node) -> Match | None:
     pa = jax.ShapeDtypeStruct(sy.shape + (_V,), sy.dtype)
     probe = template(("ce-probe", rank_key(y)), _ce, pa, pa)
     b = skeleton(probe, y)
-    if b is None:
+    if b is None or None in b.inputs(probe):
         return None
-    logits, labels = b.inputs(probe)
-    if logits is None or labels is None or logits.aval.shape != labels.aval.shape:
-        return None
-    tmpl = template(("ce", aval_key(logits), aval_key(labels)), _ce, struct(logits), struct(labels))
-    bb = exact(tmpl, y)
-    if bb is None or bb.values.get(tmpl.ins[0]) is not logits or bb.values.get(tmpl.ins[1]) is not labels:
+    for logits, labels in peels(b.inputs(probe)):
+        if logits.aval.shape != labels.aval.shape:
+            continue
+        tmpl = template(("ce", aval_key(logits), aval_key(labels)), _ce, struct(logits), struct(labels))
+        bb = exact(tmpl, y)
+        if bb is not None and bb.values.get(tmpl.ins[0]) is logits and bb.values.get(tmpl.ins[1]) is labels:
+            break
+    else:
         return None
     nodes = group(bb, [y])
     if nodes is None:

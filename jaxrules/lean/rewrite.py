@@ -111,6 +111,8 @@ def _bodies(node: Node) -> list[Program]:
             return [_ir.build(b) for b in prm["branches"]]
         if prim is REMAT:
             return [_ir.build(_closed(prm["jaxpr"]))]
+        if prim is _ir.JIT:  # a jit kept whole for its name (jax.nn's relu) that no pattern took
+            return [_ir.build(prm["jaxpr"])]
     except Exception:  # noqa: BLE001 - an unfamiliar form of the primitive: leave it whole
         return []
     return []
@@ -191,4 +193,9 @@ def _emit_sub(node: Node, subs: list, vals: list) -> list:
             f = jax.checkpoint(lambda *a: tuple(run(body, bp, list(a))), prevent_cse=prm.get("prevent_cse", True),
                                policy=prm.get("policy"))
             return list(f(*vals))
+        if prim is _ir.JIT:
+            (body, bp), = subs
+            f = lambda *a: tuple(run(body, bp, list(a)))  # noqa: E731
+            f.__name__ = f.__qualname__ = prm.get("name", "jit")
+            return list(jax.jit(f)(*vals))
     raise AssertionError(prim)  # pragma: no cover
