@@ -342,6 +342,14 @@ def test_loops_branches_and_remat_are_rewritten_and_custom_rules_kept():
     np.testing.assert_allclose(jax.jit(jr.lean(w))(X), jax.jit(w)(X), rtol=1e-6)
 
 
+def test_forward_mode_through_lean():
+    f = lambda q: jnp.sum(jax.nn.gelu(jax.nn.dot_product_attention(q, q, q, is_causal=True)) ** 2)  # noqa: E731
+    with jr.forward_mode():  # as for any jaxrules rule: jax.jvp needs the forward-mode twins
+        got = jax.jit(lambda q, t: jax.jvp(jr.lean(f), (q,), (t,)))(Q, KK)
+    want = jax.jit(lambda q, t: jax.jvp(f, (q,), (t,)))(Q, KK)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_a_program_re_emitted_without_replacements_is_bit_identical():
     """The evaluator alone (no matches): every primitive, loop and custom rule bound as traced."""
     def f(x):
@@ -362,3 +370,15 @@ def test_what_lean_does_not_replace_keeps_its_bits_beside_what_it_does():
         return jax.nn.gelu(x).sum(), jnp.sin(x) @ jnp.cos(x).T + jax.nn.softplus(x).sum()
     _, other = jax.jit(jr.lean(f))(X)
     bits(other, jax.jit(f)(X)[1])
+
+
+def test_the_example_trains_the_stock_nnx_gpt_with_and_without_lean():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "lean_nnx.py"
+    assert "jaxrules" not in (path.parent / "nnx_gpt.py").read_text().split('"""')[2]  # the model imports none
+    spec = importlib.util.spec_from_file_location("lean_nnx", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    runs = example.main(["--steps", "2", "--seq", "16", "--dim", "16", "--heads", "2", "--layers", "1", "--batch", "2"])
+    np.testing.assert_allclose(runs["jr.lean"]["losses"], runs["stock"]["losses"], rtol=1e-5)
