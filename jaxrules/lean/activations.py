@@ -159,7 +159,7 @@ def _reduce_axes(v: Value, prim: str, depth: int = 14) -> tuple[Value, tuple[int
 @register("div")
 def find_softmax(node: Node) -> Match | None:
     y = node.outs[0]
-    found = _reduce_axes(y, "reduce_sum", 4)
+    found = _reduce_axes(y, "reduce_sum", 5)
     if found is None or not jnp.issubdtype(y.aval.dtype, jnp.floating) or _feeds_product(y):
         return None
     axes = found[1]

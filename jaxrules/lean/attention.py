@@ -199,9 +199,7 @@ def _softmax_input(p: Value) -> tuple[Value, set, int] | None:
     n = p.node
     if n is None or n.name != "div":
         return None
-    red = n.ins[1].node
-    while red is not None and red.name in ("broadcast_in_dim", "reshape"):
-        red = red.ins[0].node
+    red = _through_layout(n.ins[1]).node
     if red is None or red.name != "reduce_sum" or len(red.params["axes"]) != 1:
         return None
     axis = int(red.params["axes"][0])

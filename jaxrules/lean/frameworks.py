@@ -60,7 +60,8 @@ def prepare(fun: Callable, args: tuple, kwargs: dict) -> Traced:
 
 
 def _is_array(x: Any) -> bool:
-    return isinstance(x, jax.Array)
+    """Traced: JAX arrays (tracers included), and ShapeDtypeStructs (replacements() on shapes alone)."""
+    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct))
 
 
 class _Outputs:
