@@ -44,6 +44,9 @@ from jaxrules.losses import sigmoid_binary_cross_entropy as sigmoid_binary_cross
 from jaxrules.losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxrules.losses import softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels
 from jaxrules.losses import squared_error as squared_error
+from jaxrules.normalization import layer_norm as layer_norm
+from jaxrules.normalization import rms_norm as rms_norm
+from jaxrules.normalization import standardize as standardize
 from jaxrules.pooling import avg_pool as avg_pool
 from jaxrules.pooling import max as max  # noqa: A004 (jr.max, as jnp.max)
 from jaxrules.pooling import max_pool as max_pool
@@ -53,6 +56,11 @@ from jaxrules.softmax import logsumexp as logsumexp
 from jaxrules.softmax import pair_product as pair_product
 from jaxrules.softmax import softmax as softmax
 from jaxrules.softmax import softmax_backward as softmax_backward
+from jaxrules.transformer import dropout as dropout
+from jaxrules.transformer import embedding as embedding
+from jaxrules.transformer import geglu as geglu
+from jaxrules.transformer import rope as rope
+from jaxrules.transformer import swiglu as swiglu
 from jaxrules._rule import rule as rule
 from jaxrules.pullback import B as B
 from jaxrules.pullback import pullback as pullback

@@ -24,7 +24,7 @@ The public face (``Rule.__call__``) makes the rule a drop-in for the function it
 * arguments bind to the public signature (jax.nn's, with our additions keyword-only), with a
   TypeError naming the rule and the signature when they do not fit;
 * settings (``nondiff_argnums``) must be static: a traced setting raises, naming the setting; a
-  concrete 0-d array is read as its Python value, a list as a tuple;
+  concrete 0-d floating array is read as its Python value, a list as a tuple;
 * array arguments may be Python scalars, NumPy arrays and scalars or JAX arrays; Python scalars stay
   weakly typed, as in jax.nn;
 * integer and boolean inputs are promoted, kept or refused exactly as the original does, and the
@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrules._broadcast import Static
+from jaxrules._mesh import mesh_axes, replicated_sum
 
 try:  # the weak type of a result: no public API sets it
     from jax._src.lax.lax import _convert_element_type as _convert_weak
@@ -86,8 +87,6 @@ def _setting(rule: str, name: str, v: Any) -> Any:
                         f"under jax.jit, pass it with static_argnums or close over a Python value")
     if isinstance(v, (np.ndarray, np.generic, jax.Array)) and np.ndim(v) == 0 and _is_float(v.dtype):
         return v.item()  # alpha=jnp.float32(0.5), as jax.nn takes it
-    if isinstance(v, list):
-        return tuple(v)
     return v
 
 
@@ -188,14 +187,17 @@ class Rule:
             # under jax.grad of a Python scalar, custom_vjp hands fwd the raw Python number
             args = [jnp.asarray(a) if is_array and a is not None else a for a, is_array in zip(args, arrays)]
             y, res = fwd(*args)
+            inputs = [a for a, is_array in zip(args, arrays) if is_array]
             types = tuple((a.dtype, bool(getattr(a, "weak_type", False))) if isinstance(a, jax.Array) else None
-                          for a, is_array in zip(args, arrays) if is_array)
-            return y, (res, Static(types))
+                          for a in inputs)
+            return y, (res, Static(types), mesh_axes(*inputs))
 
         @functools.wraps(bwd)
         def bwd_typed(*args):
-            *settings, (res, types), g = args
-            cts = bwd(*settings, res, g)
+            # each cotangent with its primal's weak type, and summed over the devices of a shard_map
+            # across which its primal was replicated (JAX's own autodiff does that sum implicitly)
+            *settings, (res, types, mesh), g = args
+            cts = replicated_sum(bwd(*settings, res, g), mesh)
             return tuple(_weak_like(ct, t) for ct, t in zip(cts, types.value))
 
         self._vjp = jax.custom_vjp(primal, nondiff_argnums=self.nondiff_argnums)
@@ -215,6 +217,9 @@ class Rule:
         vals = dict(bound.arguments)
         for n in self._arrays:
             vals[n] = as_array(name, n, vals[n])
+        for n in self.settings:
+            if isinstance(vals[n], list):  # axis=[0, 1] as (0, 1): hashable, for custom_vjp and the cache
+                vals[n] = tuple(vals[n])
         want = None
         if self.like is not None:  # the original sees the settings as given (np.float32(0.5) is not weak)
             want = self._types(_config(), tuple((n, _key(vals[n])) for n in self._names if n in self._like_params))

@@ -285,6 +285,123 @@ def _act(name: str, pullback: str, saves: str, kinks: tuple[float, ...] = (), se
                 settings=", ".join(f"{k}={v}" for k, v in settings.items()), elementwise=True, **extra)
 
 
+# --- normalization and transformer blocks: samplers and plain-formula references --------------
+
+def _wide(x: jax.Array) -> jax.Array:
+    """x in at least float32: the plain formulas take statistics of half floats in float32, as the rules do."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _norm_axes(axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(sorted(a % ndim for a in ((axis,) if isinstance(axis, int) else axis)))
+
+
+def _lay_out(p, x, axes):
+    """A scale or bias whose shape broadcasts to the normalized axes' shape, as an array broadcasting to x."""
+    if p is None:
+        return None
+    p = jnp.broadcast_to(p, tuple(x.shape[a] for a in axes))
+    return jnp.expand_dims(p, tuple(i for i in range(x.ndim) if i not in axes))
+
+
+def layer_norm_reference(x, scale=None, bias=None, *, axis=-1, epsilon=1e-6):
+    """(x − mean)·rsqrt(mean (x − mean)² + ε)·scale + bias, differentiated by jax."""
+    axes = _norm_axes(axis, x.ndim)
+    xw = _wide(x)
+    c = xw - jnp.mean(xw, axes, keepdims=True)
+    y = c * jax.lax.rsqrt(jnp.mean(c * c, axes, keepdims=True) + epsilon)
+    if scale is not None:
+        y = y * _lay_out(scale, x, axes)
+    if bias is not None:
+        y = y + _lay_out(bias, x, axes)
+    return y.astype(jnp.result_type(*(a for a in (x, scale, bias) if a is not None)))
+
+
+def rms_norm_reference(x, scale=None, *, axis=-1, epsilon=1e-6):
+    """x·rsqrt(mean x² + ε)·scale, differentiated by jax."""
+    axes = _norm_axes(axis, x.ndim)
+    xw = _wide(x)
+    y = xw * jax.lax.rsqrt(jnp.mean(xw * xw, axes, keepdims=True) + epsilon)
+    y = y if scale is None else y * _lay_out(scale, x, axes)
+    return y.astype(x.dtype if scale is None else jnp.result_type(x, scale))
+
+
+def standardize_reference(x, axis=-1, mean=None, variance=None, epsilon=1e-5, where=None, algorithm="fast"):
+    """jax.nn.standardize with half floats taken to float32 and the result rounded back to their dtype
+    (the rule's contract for bfloat16 and float16; in the half type itself, jax.nn's gradient overflows
+    on rows of tiny variance: (v + ε)^(−3/2) > 65504)."""
+    args = (x, mean, variance, epsilon)
+    out = jnp.result_type(*(a for a in args if a is not None))
+    x, mean, variance, epsilon = (None if a is None else _wide(jnp.asarray(a)) for a in args)
+    return jax.nn.standardize(x, axis, mean, variance, epsilon, where, algorithm=algorithm).astype(out)
+
+
+def _rows_mask(rng, shape, axes):
+    """A boolean mask with about a third left out and at least one entry kept in every row over axes."""
+    w = rng.uniform(size=shape) < 2 / 3
+    if all(shape[a] > 0 for a in axes):
+        w[tuple(0 if i in axes else slice(None) for i in range(len(shape)))] = True
+    return jnp.asarray(w)
+
+
+def _standardize_where(axis):
+    def sample(seed, shape, dtype):
+        rng = np.random.default_rng(seed)
+        return _array(rng.standard_normal(shape), dtype), _rows_mask(rng, shape, _norm_axes(axis, len(shape)))
+    return sample
+
+
+def _standardize_given(seed, shapes, dtype):
+    """(x, mean, variance, epsilon) with the shapes of the case (None: not given); variance, epsilon > 0."""
+    rng = np.random.default_rng(seed)
+    draw = (rng.standard_normal, lambda sh: 0.3 * rng.standard_normal(sh), lambda sh: rng.uniform(0.5, 2.0, sh),
+            lambda sh: rng.uniform(0.1, 0.5, sh))
+    return tuple(None if sh is None else _array(f(sh), dtype) for f, sh in zip(draw, shapes))
+
+
+def dropout_reference(rate, training=True):
+    """flax's dropout: jnp.where(bernoulli(key, 1 − rate), x/(1 − rate), 0), differentiated by jax."""
+    def reference(x, key):
+        if not training or rate == 0:
+            return x
+        if rate == 1:
+            return jnp.zeros_like(x)
+        return jnp.where(jax.random.bernoulli(key, 1 - rate, x.shape), x / (1 - rate), 0)
+    return reference
+
+
+def _dropout_sample(seed, shape, dtype):
+    return _array(np.random.default_rng(seed).standard_normal(shape), dtype), jax.random.key(seed)
+
+
+def _embedding_sample(seed, shapes, dtype):
+    """(table, ids): a normal table of shapes[0] and ids of shapes[1] in [−V, V) (negative ones count from the end)."""
+    rng = np.random.default_rng(seed)
+    v = shapes[0][0]
+    ids = rng.integers(-v, v, shapes[1]) if v else np.zeros(shapes[1], int)
+    return _array(rng.standard_normal(shapes[0]), dtype), jnp.asarray(ids, jnp.int32)
+
+
+def rope_reference(x, positions=None, *, base=10000.0):
+    """x cos α + rotate_half(x) sin α, rotate_half(x) = (−x₂, x₁), angles in float32, differentiated by jax."""
+    t, d = x.shape[-3], x.shape[-1]
+    xw = _wide(x)
+    inv = 1.0 / base ** (jnp.arange(0, d // 2, dtype=xw.dtype) / (d // 2))
+    pos = jnp.arange(t) if positions is None else positions
+    angle = jnp.concatenate([pos[..., None].astype(xw.dtype) * inv] * 2, axis=-1)[..., None, :]
+    x1, x2 = xw[..., : d // 2], xw[..., d // 2:]
+    return (xw * jnp.cos(angle) + jnp.concatenate([-x2, x1], axis=-1) * jnp.sin(angle)).astype(x.dtype)
+
+
+def _rope_sample(seed, shapes, dtype):
+    """(x, positions): normal x of shapes[0], integer positions in [0, 64) of shapes[1] (None: the default)."""
+    rng = np.random.default_rng(seed)
+    pos = None if shapes[1] is None else jnp.asarray(rng.integers(0, 64, shapes[1]), jnp.int32)
+    return _array(rng.standard_normal(shapes[0]), dtype), pos
+
+
 # --- the table -------------------------------------------------------------------------------
 
 # The fused rules loop with lax.scan; op by op, every scan is traced and compiled anew, so their
@@ -426,6 +543,45 @@ RULES: tuple[Rule, ...] = (
     Rule("sigmoid_binary_cross_entropy", jr.sigmoid_binary_cross_entropy, optax.sigmoid_binary_cross_entropy,
          "optax.sigmoid_binary_cross_entropy", "losses", _logits_and_bits, "z̄ = ℓ̄ ∘ (σ(z) − d)", "z, d",
          cases=((4, 5), (7,)), settings="integer labels"),
+    # normalization and transformer blocks: the plain formulas differentiated by jax, standardize against jax.nn
+    Rule("layer_norm", jr.layer_norm, layer_norm_reference, "(x − mean)·rsqrt(var + ε)·s + b (jnp)", "normalization",
+         _normal(), "x̄ = r(ĝ − mean ĝ − x̂ mean(ĝ ∘ x̂)), ĝ = ȳ ∘ s, s̄ = Σ ȳ ∘ x̂, b̄ = Σ ȳ",
+         "x, s; mean, r per row", cases=(((3, 8), (8,), (8,)), ((2, 3, 4), None, None), ((4, 1), (1,), (1,)),
+                                          ((0, 4), (4,), (4,)))),
+    Rule("layer_norm", partial(jr.layer_norm, axis=(-2, -1)), partial(layer_norm_reference, axis=(-2, -1)),
+         "(x − mean)·rsqrt(var + ε)·s + b (jnp)", "normalization", _normal(), "as above, over both axes",
+         "x, s; mean, r per row", cases=(((2, 3, 4), (3, 4), (4,)),), settings="axis=(-2, -1)"),
+    Rule("rms_norm", jr.rms_norm, rms_norm_reference, "x·rsqrt(mean x² + ε)·s (jnp)", "normalization", _normal(),
+         "x̄ = r(ĝ − x̂ mean(ĝ ∘ x̂)), ĝ = ȳ ∘ s, s̄ = Σ ȳ ∘ x̂", "x, s; r per row",
+         cases=(((3, 8), (8,)), ((2, 3, 4), None), ((0, 4), (4,)))),
+    _row("standardize", "normalization", jax.nn.standardize, "jax.nn.standardize", _normal(),
+         "x̄ = r(ȳ − mean ȳ − y mean(ȳ ∘ y))", "y; r per row", (((3, 8),), ((2, 3, 5),), ((4, 1),), ((0, 4),))),
+    Rule("standardize", lambda x, w: jr.standardize(x, where=w), lambda x, w: jax.nn.standardize(x, where=w),
+         "jax.nn.standardize", "normalization", _standardize_where(-1),
+         "x̄ = r(ȳ − (w/n)Σ ȳ − (w/n) y Σ ȳ ∘ y), w = mask", "y, mask; r per row", cases=((4, 5), (6,)),
+         settings="where=mask"),
+    Rule("standardize", lambda x, m, v, e: jr.standardize(x, -1, m, v, e),
+         lambda x, m, v, e: jax.nn.standardize(x, -1, m, v, e), "jax.nn.standardize", "normalization",
+         _standardize_given, "x̄ = ȳ r, m̄ = −Σ ȳ r, v̄ = ε̄ = −½ Σ ȳ ∘ y r²", "y, r",
+         cases=(((3, 5), (3, 1), (5,), ()), ((4,), (), (), ())), settings="mean, variance, epsilon given"),
+    Rule("dropout", lambda x, key: jr.dropout(x, key, 0.5), dropout_reference(0.5),
+         "jnp.where(bernoulli(key, 1 − p), x/(1 − p), 0) (flax)", "transformer", _dropout_sample,
+         "x̄ = m ∘ ȳ/(1 − p), the mask m drawn again from the key", "key", cases=((4, 5), (), (7,), (0, 3)),
+         settings="rate=0.5", checks={"eager": False}),  # op by op, every random draw compiles: eager in tests/test_transformer.py
+    Rule("embedding", jr.embedding, lambda t, i: jnp.take(t, i, axis=0), "jnp.take(table, ids, axis=0)", "transformer",
+         _embedding_sample, "T̄ = scatter-add of ȳ onto the rows ids (repeats add up); ids outside [−V, V) give "
+         "NaN rows and no gradient (jnp.take's default)", "ids",
+         cases=(((6, 3), (2, 3)), ((5, 4), ()), ((4,), (3,)), ((5, 2, 3), (4,)), ((3, 2), (0,)))),
+    Rule("rope", jr.rope, rope_reference, "x cos α + rotate_half(x) sin α (jnp)", "transformer", _rope_sample,
+         "x̄ = (ȳ₁ cos α + ȳ₂ sin α, ȳ₂ cos α − ȳ₁ sin α), sin and cos recomputed", "positions",
+         cases=(((2, 5, 3, 4), (2, 5)), ((5, 2, 6), None), ((2, 4, 1, 2), (4,)), ((0, 3, 2, 4), (3,)))),
+    _row("swiglu", "transformer", lambda a, b: jax.nn.silu(a) * b, "jax.nn.silu(a) * b", _pair(),
+         "ā = ȳ ∘ b ∘ silu′(a), b̄ = ȳ ∘ silu(a)", "a, b", (((3, 4), (3, 4)), ((3, 4), (4,)), ((), ()), ((0, 4), (4,)))),
+    _row("geglu", "transformer", lambda a, b: jax.nn.gelu(a) * b, "jax.nn.gelu(a) * b", _pair(),
+         "ā = ȳ ∘ b ∘ gelu′(a), b̄ = ȳ ∘ gelu(a)", "a, b", (((3, 4), (3, 4)), ((3, 4), (4,)), ((), ()), ((0, 4), (4,)))),
+    _row("geglu", "transformer", lambda a, b: jax.nn.gelu(a, approximate=False) * b,
+         "jax.nn.gelu(a, approximate=False) * b", _pair(), "ā = ȳ ∘ b ∘ gelu′(a), b̄ = ȳ ∘ gelu(a)", "a, b",
+         (((3, 4), (4,)),), settings={"approximate": False}),
     # memory-lean fused rules
     Rule("linear_softmax_cross_entropy", lambda x, W, c, b: jr.linear_softmax_cross_entropy(x, W, c, b, chunk_size=4),
          _linear_xent_reference, "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "fused",

@@ -238,6 +238,91 @@ def attention(draw):
                    f"mask {mask} {settings} block_size={block}")
 
 
+# --- normalization and transformer blocks ------------------------------------------------------
+
+def _to(shape):
+    """Shapes that broadcast to ``shape`` (not merely with it)."""
+    fits = lambda sh: all(d in (1, n) for d, n in zip(sh[::-1], shape[::-1]))  # noqa: E731
+    return hnp.broadcastable_shapes(shape, min_dims=0, max_dims=len(shape), min_side=1, max_side=SIDE).filter(fits)
+
+
+@st.composite
+def norm(draw, name):
+    """layer_norm / rms_norm over None, an int or a tuple of axes, scale (and bias) broadcasting to them."""
+    shape = draw(shapes(min_dims=1, max_dims=3))
+    ax = _axes(len(shape), draw)
+    target = tuple(shape[a] for a in catalog._norm_axes(ax, len(shape)))
+    param = st.one_of(st.none(), _to(target))
+    eps = draw(st.sampled_from([1e-6, 1e-2]))
+    case = (shape, draw(param)) + ((draw(param),) if name == "layer_norm" else ())
+    ours = partial(getattr(jr, name), axis=ax, epsilon=eps)
+    ref = partial(getattr(catalog, f"{name}_reference"), axis=ax, epsilon=eps)
+    return Example(ours, ref, catalog._normal(), case, f"{name}(axis={ax}, epsilon={eps}) on {case}")
+
+
+@st.composite
+def standardize(draw):
+    shape = draw(shapes(min_dims=1, max_dims=3))
+    ax = _axes(len(shape), draw)
+    # mean, variance and ε as arguments: not on empty arrays, where rows without entries make jax.nn's
+    # cotangents of them NaN and ours 0 (the output does not depend on them; tests/test_normalization.py)
+    kind = draw(st.sampled_from(["plain", "where"] + (["mean", "variance", "both"] if 0 not in shape else [])))
+    algorithm = draw(st.sampled_from(["fast", "stable"]))
+    note = f"standardize(axis={ax}, {kind}, algorithm={algorithm!r}) on {shape}"
+    if kind == "where":
+        return Example(lambda x, w: jr.standardize(x, ax, where=w, algorithm=algorithm),
+                       lambda x, w: catalog.standardize_reference(x, ax, where=w, algorithm=algorithm),
+                       catalog._standardize_where(ax), shape, note)
+    stats = tuple(1 if i in catalog._norm_axes(ax, len(shape)) else n for i, n in enumerate(shape))
+    given = draw(st.one_of(_to(stats), _to(shape)))  # per row, or varying along the axes too
+    eps = draw(st.one_of(st.none(), st.just(()))) if 0 not in shape else None
+    case = (shape, given if kind in ("mean", "both") else None, given if kind in ("variance", "both") else None, eps)
+    return Example(lambda x, m, v, e=1e-5: jr.standardize(x, ax, m, v, e, algorithm=algorithm),
+                   lambda x, m, v, e=1e-5: catalog.standardize_reference(x, ax, m, v, e, algorithm=algorithm),
+                   lambda seed, case, dtype: catalog._standardize_given(seed, case, dtype)[: 3 if eps is None else 4],
+                   case, note + f" given {case[1:]}")
+
+
+@st.composite
+def dropout(draw):
+    shape = draw(shapes(min_dims=0, max_dims=3))
+    rate, training = draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])), draw(st.booleans())
+    return Example(lambda x, key: jr.dropout(x, key, rate, training=training),
+                   catalog.dropout_reference(rate, training), catalog._dropout_sample, shape,
+                   f"dropout(rate={rate}, training={training}) on {shape}")
+
+
+@st.composite
+def embedding(draw):
+    table = (draw(st.integers(1, SIDE)),) + draw(shapes(min_dims=0, max_dims=2))
+    ids = draw(shapes(min_dims=0, max_dims=3))
+    return Example(jr.embedding, lambda t, i: jnp.take(t, i, axis=0), catalog._embedding_sample, (table, ids),
+                   f"embedding table {table} ids {ids}")
+
+
+@st.composite
+def rope(draw):
+    lead = draw(shapes(min_dims=0, max_dims=2))
+    t, heads, half = draw(st.integers(0, SIDE)), draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    x = lead + (t, heads, 2 * half)
+    kind = draw(st.sampled_from(["default", "T", "lead", "broadcast"]))
+    pos = {"default": None, "T": (t,), "lead": lead + (t,), "broadcast": (1,) * len(lead) + (t,)}[kind]
+    base = draw(st.sampled_from([10000.0, 100.0]))
+    return Example(partial(jr.rope, base=base), partial(catalog.rope_reference, base=base), catalog._rope_sample,
+                   (x, pos), f"rope(base={base}) x {x} positions {pos}")
+
+
+@st.composite
+def gated(draw, name):
+    pair = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=0, max_side=SIDE))
+    if name == "swiglu":
+        return Example(jr.swiglu, lambda a, b: jax.nn.silu(a) * b, catalog._pair(), pair.input_shapes,
+                       f"swiglu on {pair.input_shapes}")
+    approximate = draw(st.booleans())
+    return Example(partial(jr.geglu, approximate=approximate), lambda a, b: jax.nn.gelu(a, approximate) * b,
+                   catalog._pair(), pair.input_shapes, f"geglu(approximate={approximate}) on {pair.input_shapes}")
+
+
 def strategy(name: str):
     """The strategy of Examples for the rule jr.<name>."""
     rows = ROWS[name]
@@ -252,6 +337,8 @@ def strategy(name: str):
         "softmax_cross_entropy": classification, "softmax_cross_entropy_with_integer_labels": classification,
         "sigmoid_binary_cross_entropy": lambda _: binary(),
         "linear_softmax_cross_entropy": lambda _: linear_xent(), "dot_product_attention": lambda _: attention(),
+        "layer_norm": norm, "rms_norm": norm, "standardize": lambda _: standardize(), "dropout": lambda _: dropout(),
+        "embedding": lambda _: embedding(), "rope": lambda _: rope(), "swiglu": gated, "geglu": gated,
     }
     return table[name](name)
 
