@@ -174,6 +174,43 @@ def test_cross_entropies_and_the_fused_output_layer(name):
     assert_same_loss_and_grads(f, lean, H, WH, BH, rtol=1e-5)
 
 
+def _norms():
+    """The norms of the three frameworks and jax.nn's, each applied to (2, 3, 8) inputs: (name, f, args)."""
+    import equinox as eqx
+    import flax.linen as nn
+    from flax import nnx
+    x = jax.random.normal(K[0], (2, 3, 8), F32)
+    g, b = jnp.linspace(0.5, 1.5, 8, dtype=F32), jnp.linspace(-1, 1, 8, dtype=F32)
+    linen_ln, linen_rms = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False), nn.RMSNorm()
+    eqx_ln, eqx_rms = eqx.nn.LayerNorm(8, use_bias=False), eqx.nn.RMSNorm(8, use_bias=False)
+    return [
+        ("layer_norm", lambda m, x: m(x), nnx.LayerNorm(8, rngs=nnx.Rngs(0)), x),
+        ("layer_norm", lambda m, x: m(x), nnx.LayerNorm(8, use_bias=False, epsilon=1e-3, rngs=nnx.Rngs(0)), x),
+        ("rms_norm", lambda m, x: m(x), nnx.RMSNorm(8, rngs=nnx.Rngs(0)), x),
+        ("layer_norm", lambda p, x: linen_ln.apply(p, x), linen_ln.init(K[1], x), x),
+        ("rms_norm", lambda p, x: linen_rms.apply(p, x), linen_rms.init(K[1], x), x),
+        ("layer_norm", lambda m, x: jax.vmap(jax.vmap(m))(x), eqx_ln, x),
+        ("rms_norm", lambda m, x: jax.vmap(jax.vmap(m))(x), eqx_rms, x.astype(jnp.bfloat16)),
+        ("standardize", lambda _, x: jax.nn.standardize(x, epsilon=1e-4), None, x),
+        ("layer_norm", lambda p, x: jax.nn.standardize(x, epsilon=1e-5) * p[0] + p[1], (g, b), x),
+    ]
+
+
+def test_the_norms_of_the_three_frameworks_and_jax_nn():
+    cases = _norms()
+    for name, f, p, x in cases:
+        assert jr.lean(f).replacements(p, x) == {name: 1}, (name, f)
+
+    def total(lean):  # every case in one compilation
+        return lambda ps, xs: sum(jnp.sum(jnp.sin(((jr.lean(f) if lean else f)(p, x)).astype(F32)))
+                                  for (_, f, _, _), p, x in zip(cases, ps, xs))
+    ps, xs = [c[2] for c in cases], [c[3] for c in cases]
+    (ls, gs), (ll, gl) = (jax.jit(jax.value_and_grad(total(lean), argnums=(0, 1)))(ps, xs) for lean in (False, True))
+    np.testing.assert_allclose(ll, ls, rtol=1e-5)
+    assert_grads_close(gs[0], gl[0])
+    assert_grads_close([a for a in gs[1] if a.dtype == F32], [a for a in gl[1] if a.dtype == F32])
+
+
 def test_verbose_prints_what_was_replaced(capsys):
     jax.make_jaxpr(jr.lean(activations, verbose=True))(X, W)
     assert "gelu ×2" in capsys.readouterr().err
@@ -187,11 +224,11 @@ def test_replacements_take_shapes():
 # --- the stock models of the four frameworks ------------------------------------------------------
 
 MODELS = {  # framework, scan, layers: expected replacements (a site inside a loop body counts once)
-    ("nnx", False, 2): {"dot_product_attention": 2, "gelu": 2, "linear_softmax_cross_entropy": 1},
-    ("nnx", True, 2): {"dot_product_attention": 1, "gelu": 1, "linear_softmax_cross_entropy": 1},
-    ("linen", False, 1): {"dot_product_attention": 1, "gelu": 1, "linear_softmax_cross_entropy": 1},
-    ("equinox", False, 1): {"dot_product_attention": 1, "gelu": 1, "linear_softmax_cross_entropy": 1},
-    ("jax", False, 1): {"dot_product_attention": 1, "gelu": 1, "linear_softmax_cross_entropy": 1},
+    ("nnx", False, 2): {"dot_product_attention": 2, "gelu": 2, "layer_norm": 5, "linear_softmax_cross_entropy": 1},
+    ("nnx", True, 2): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
+    ("linen", False, 1): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
+    ("equinox", False, 1): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
+    ("jax", False, 1): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
 }
 
 
@@ -212,7 +249,7 @@ def test_float64_finite_differences_on_a_tiny_model():
         params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
         tokens, targets = stock.batch(2, 5, 13)
         lean = jr.lean(loss)
-        assert lean.replacements(params, tokens, targets) == {"dot_product_attention": 1, "gelu": 1,
+        assert lean.replacements(params, tokens, targets) == {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3,
                                                               "linear_softmax_cross_entropy": 1}
         g = jax.jit(jax.grad(lean))(params, tokens, targets)
         flat, unravel = jax.flatten_util.ravel_pytree(params)

@@ -14,7 +14,7 @@ from jaxrules.lean.rewrite import Plan
 
 def _load_patterns() -> None:
     # importing them registers them (and the jit names kept whole) before the first program is built
-    from jaxrules.lean import activations, attention, losses  # noqa: F401
+    from jaxrules.lean import activations, attention, losses, norms  # noqa: F401
 
 
 def _analyse(fun: Callable, args: tuple, kwargs: dict) -> tuple[frameworks.Traced, Any, _ir.Program, Plan]:

@@ -22,6 +22,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrules.lean import _ir
@@ -285,6 +286,33 @@ def check_types(m: Match) -> bool:
     if got is None or len(got) != len(m.outputs):
         return False
     return all(s == v.aval.shape and d == v.aval.dtype for (s, d), v in zip(got, m.outputs))
+
+
+def last_axis_vector(b: Value, v: int, rank: int, inside: set) -> Value | None:
+    """The (v,)-shaped source of b, a broadcast of it along the last axis of a rank-``rank`` array (a
+    bias, a norm's scale); the broadcasts and reshapes only used on the way are added to ``inside``.
+    None if b is anything else."""
+    axis_of_v = rank - 1   # where V sits in the current value
+    while b.node is not None and b.node.name in ("broadcast_in_dim", "reshape") and only_use(b, inside):
+        n = b.node
+        src = n.ins[0]
+        if n.name == "broadcast_in_dim":
+            dims = [int(d) for d in n.params["broadcast_dimensions"]]
+            if axis_of_v not in dims:
+                return None
+            axis_of_v = dims.index(axis_of_v)
+        else:  # a reshape between (V,) and (1, ..., 1, V)
+            out = b.aval.shape
+            if out[axis_of_v] != v or any(s != 1 for i, s in enumerate(out) if i != axis_of_v):
+                return None
+            if src.aval.ndim == 0 or src.aval.shape[-1] != v or any(s != 1 for s in src.aval.shape[:-1]):
+                return None
+            axis_of_v = src.aval.ndim - 1
+        inside.add(n)
+        b = src
+    if b.aval.shape == (v,) and axis_of_v == 0 and jnp.issubdtype(b.aval.dtype, jnp.floating):
+        return b
+    return None
 
 
 # --- values known when tracing -----------------------------------------------------------------

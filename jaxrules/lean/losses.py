@@ -24,7 +24,8 @@ import optax
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import Match, aval_key, exact, group, only_use, peels, rank_key, skeleton, stand_in, struct, template
+from jaxrules.lean._match import (Match, aval_key, exact, group, last_axis_vector, only_use, peels, rank_key,
+                                  skeleton, stand_in, struct, template)
 from jaxrules.lean.rewrite import register
 
 _V = 7  # stand-in number of classes for the skeleton
@@ -107,7 +108,7 @@ def _linear(logits: Value, ce: set) -> tuple | None:
     n = z.node
     if n is not None and n.name == "add":
         for i in (0, 1):
-            src = _bias(n.ins[1 - i], v, logits.aval.ndim, nodes | {n})
+            src = last_axis_vector(n.ins[1 - i], v, logits.aval.ndim, nodes | {n})
             if src is not None and n.ins[i].node is not None and n.ins[i].node.name in ("dot_general", "transpose"):
                 bias, z = src, n.ins[i]
                 nodes.add(n)
@@ -151,32 +152,6 @@ def _linear(logits: Value, ce: set) -> tuple | None:
         if bias is not None and bias.aval.dtype != dtype:
             return None
         return nodes, A, W, wc, bias
-    return None
-
-
-def _bias(b: Value, v: int, rank: int, inside: set) -> Value | None:
-    """The (V,)-sized source of b, a broadcast along the last axis of a rank-``rank`` array; its
-    broadcasts and reshapes are added to ``inside``. None if b is anything else."""
-    axis_of_v = rank - 1   # where V sits in the current value
-    while b.node is not None and b.node.name in ("broadcast_in_dim", "reshape") and only_use(b, inside):
-        n = b.node
-        src = n.ins[0]
-        if n.name == "broadcast_in_dim":
-            dims = [int(d) for d in n.params["broadcast_dimensions"]]
-            if axis_of_v not in dims:
-                return None
-            axis_of_v = dims.index(axis_of_v)
-        else:  # a reshape between (V,) and (1, ..., 1, V)
-            out = b.aval.shape
-            if out[axis_of_v] != v or any(s != 1 for i, s in enumerate(out) if i != axis_of_v):
-                return None
-            if src.aval.ndim == 0 or src.aval.shape[-1] != v or any(s != 1 for s in src.aval.shape[:-1]):
-                return None
-            axis_of_v = src.aval.ndim - 1
-        inside.add(n)
-        b = src
-    if b.aval.shape == (v,) and axis_of_v == 0 and jnp.issubdtype(b.aval.dtype, jnp.floating):
-        return b
     return None
 
 
