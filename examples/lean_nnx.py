@@ -1,12 +1,14 @@
 """Train a stock Flax NNX GPT on bytes of text, as it is and through ``jr.lean``, side by side.
 
 The model (examples/nnx_gpt.py) imports nothing from jaxrules. Here it is trained twice from the same
-initial weights on the same batches: with ``nnx.value_and_grad(loss_fn)`` and with
+initial weights on the same batches of the LM example's byte-level corpus (examples/train_lm.py:
+the Python standard library's source, or --data): with ``nnx.value_and_grad(loss_fn)`` and with
 ``nnx.value_and_grad(jr.lean(loss_fn))``. Printed: what lean replaced, XLA's temp memory of the
 training step, milliseconds per step, and the losses::
 
     python examples/lean_nnx.py                       # 2 layers, 4 × 512 bytes, 300 steps
     python examples/lean_nnx.py --steps 20 --seq 128  # a quick look
+    python examples/lean_nnx.py --data notes.txt      # any text file, or a directory of them
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,16 +26,9 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nnx_gpt  # noqa: E402  (the stock model)
+import train_lm  # noqa: E402  (its corpus)
 
 import jaxrules as jr  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def corpus() -> np.ndarray:
-    """The byte-level corpus: this repository's README and source, as uint8."""
-    files = [ROOT / "README.md", *sorted((ROOT / "jaxrules").rglob("*.py"))]
-    return np.frombuffer(b"\n".join(p.read_bytes() for p in files if p.exists()), np.uint8)
 
 
 def batches(data: np.ndarray, batch: int, seq: int, seed: int):
@@ -89,8 +83,9 @@ def main(argv=None) -> dict:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="a text file or a directory of them (default: the standard library)")
     args = p.parse_args(argv)
-    data = corpus()
+    data = train_lm.load_corpus(args.data).train
     lean_loss = jr.lean(nnx_gpt.loss_fn)
     model, _ = make(args)
     tokens, targets = next(batches(data, args.batch, args.seq, args.seed))

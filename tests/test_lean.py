@@ -416,5 +416,6 @@ def test_the_example_trains_the_stock_nnx_gpt_with_and_without_lean():
     spec = importlib.util.spec_from_file_location("lean_nnx", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    runs = example.main(["--steps", "2", "--seq", "16", "--dim", "16", "--heads", "2", "--layers", "1", "--batch", "2"])
+    runs = example.main(["--steps", "2", "--seq", "16", "--dim", "16", "--heads", "2", "--layers", "1", "--batch", "2",
+                         "--data", str(path.parent.parent / "README.md")])
     np.testing.assert_allclose(runs["jr.lean"]["losses"], runs["stock"]["losses"], rtol=1e-5)

@@ -19,9 +19,15 @@ replaces less, never something else):
   attention of ``nnx.MultiHeadAttention``, linen's ``MultiHeadDotProductAttention``,
   ``eqx.nn.MultiheadAttention`` and hand-written ``einsum``/``softmax``/``einsum`` attention, causal
   masks included → ``jr.dot_product_attention``;
+* the layer and RMS norms of Flax NNX, flax linen and Equinox, ``jax.nn.standardize``, and
+  ``jax.nn.standardize`` followed by a scale and a shift → ``jr.layer_norm``, ``jr.rms_norm``,
+  ``jr.standardize``;
 * optax's ``softmax_cross_entropy_with_integer_labels`` and ``softmax_cross_entropy``; and a matrix
   product (plus bias) whose only use is the integer-label cross-entropy →
   ``jr.linear_softmax_cross_entropy``, without the logits.
+
+``jax.jvp``, ``jax.jacfwd`` and ``jax.hessian`` of a leaned function need ``with jr.forward_mode():``,
+as for any jaxrules rule.
 
 Exact or untouched: anything else is emitted as it was traced, and a function in which nothing is
 replaced is simply called (bit-identical results, state updates as they were). Loop (``scan``,

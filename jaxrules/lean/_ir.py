@@ -97,7 +97,7 @@ def _aval_str(a: Any) -> str:
 
 
 def _is_literal(v: Any) -> bool:
-    return hasattr(v, "val") and not hasattr(v, "suffix") and type(v).__name__ == "Literal"
+    return type(v).__name__ == "Literal"  # jax.extend.core.Literal (the class has moved between modules)
 
 
 def _is_drop(v: Any) -> bool:
@@ -200,7 +200,8 @@ def _stack(prefix: Any, eqn: Any) -> Any:
 def bind(node: Node, args: list[Any]) -> list[Any]:
     """Re-emit a node as the original equation was emitted (as jax.core.eval_jaxpr does)."""
     eqn = node.eqn
-    params = node.prim.get_bind_params(node.params)
+    get = getattr(node.prim, "get_bind_params", None)
+    params = get(node.params) if get is not None else node.params
     with _context(node), eqn.ctx.manager:
         out = node.prim.bind(*args, **params)
     return list(out) if node.prim.multiple_results else [out]
