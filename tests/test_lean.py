@@ -159,6 +159,8 @@ LOSSES = {
                       {"linear_softmax_cross_entropy": 1}),
     "tied embedding": (lambda h, w, b: optax.softmax_cross_entropy_with_integer_labels(h @ w.T.T, LABELS).sum(),
                        {"linear_softmax_cross_entropy": 1}),
+    "per-example where": (lambda h, w, b: optax.softmax_cross_entropy_with_integer_labels(
+        h @ w + b, LABELS, where=LABELS % 3 > 0).sum(), {"linear_softmax_cross_entropy": 1}),
     "logits used twice": (lambda h, w, b: (lambda z: optax.softmax_cross_entropy_with_integer_labels(z, LABELS).mean()
                                            + z.mean())(h @ w), {"softmax_cross_entropy_with_integer_labels": 1}),
     "distribution labels": (lambda h, w, b: optax.softmax_cross_entropy(h @ w, jax.nn.one_hot(LABELS, 11)).mean(),

@@ -31,8 +31,8 @@ from jaxrules.lean.rewrite import register
 _V = 7  # stand-in number of classes for the skeleton
 
 
-def _int_ce(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def _int_ce(logits, labels, where=None):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels, where=where)
 
 
 def _anchor(f, *avals) -> set[str]:
@@ -46,53 +46,67 @@ def _wrap(labels: jax.Array, v: int) -> jax.Array:
     return jnp.where(labels < 0, labels + v, labels)
 
 
-_PROBE = (jax.ShapeDtypeStruct((3, _V), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.int32))
+_PROBE = (jax.ShapeDtypeStruct((3, _V), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.int32),
+          jax.ShapeDtypeStruct((3,), jnp.bool_))
 
 
-@register(*_anchor(_int_ce, *_PROBE))
+@register(*_anchor(_int_ce, *_PROBE[:2]), *_anchor(_int_ce, *_PROBE))
 def find_integer_cross_entropy(node: Node) -> Match | None:
+    """optax's integer-label cross-entropy (optionally with a per-example ``where``)."""
     y = node.outs[0]
     if len(node.outs) != 1 or not jnp.issubdtype(y.aval.dtype, jnp.floating):
         return None
     sy = stand_in(y)
-    probe = template(("ice-probe", rank_key(y)), _int_ce, jax.ShapeDtypeStruct(sy.shape + (_V,), sy.dtype),
-                     jax.ShapeDtypeStruct(sy.shape, jnp.int32))
-    b = skeleton(probe, y)
-    if b is None or None in b.inputs(probe):
-        return None
-    for logits, labels in peels(b.inputs(probe)):
-        if not jnp.issubdtype(labels.aval.dtype, jnp.integer) or logits.aval.shape[:-1] != y.aval.shape \
-                or labels.aval.shape != y.aval.shape:
+    probe_avals = [jax.ShapeDtypeStruct(sy.shape + (_V,), sy.dtype), jax.ShapeDtypeStruct(sy.shape, jnp.int32),
+                   jax.ShapeDtypeStruct(sy.shape, jnp.bool_)]
+    for has_where in (False, True):
+        n_in = 3 if has_where else 2
+        probe = template(("ice-probe", has_where, rank_key(y)), _int_ce, *probe_avals[:n_in])
+        b = skeleton(probe, y)
+        if b is None or None in b.inputs(probe):
             continue
-        tmpl = template(("ice", aval_key(logits), aval_key(labels)), _int_ce, struct(logits), struct(labels))
-        bb = exact(tmpl, y)
-        if bb is not None and bb.values.get(tmpl.ins[0]) is logits and bb.values.get(tmpl.ins[1]) is labels:
-            break
-    else:
-        return None
-    nodes = group(bb, [y])
-    if nodes is None:
-        return None
+        for ins in peels(b.inputs(probe)):
+            logits, labels = ins[:2]
+            if not jnp.issubdtype(labels.aval.dtype, jnp.integer) or logits.aval.shape[:-1] != y.aval.shape \
+                    or labels.aval.shape != y.aval.shape \
+                    or (has_where and (ins[2].aval.dtype != jnp.bool_ or ins[2].aval.shape != y.aval.shape)):
+                continue
+            tmpl = template(("ice", tuple(aval_key(v) for v in ins)), _int_ce, *[struct(v) for v in ins])
+            bb = exact(tmpl, y)
+            if bb is not None and all(bb.values.get(t) is g for t, g in zip(tmpl.ins, ins)):
+                nodes = group(bb, [y])
+                return None if nodes is None else _ce_match(y, nodes, list(ins))
+    return None
+
+
+def _ce_match(y: Value, nodes: set, ins: list) -> Match:
+    logits, labels = ins[:2]
+    where = ins[2] if len(ins) > 2 else None
     v = logits.aval.shape[-1]
     fused = _linear(logits, nodes)
     if fused is not None:
-        return _fused_match(y, nodes | fused[0], labels, v, *fused[1:])
+        return _fused_match(y, nodes | fused[0], labels, where, v, *fused[1:])
 
-    def emit(z, c):
-        return [jr.softmax_cross_entropy_with_integer_labels(z, _wrap(c, v))]
-    return Match("softmax_cross_entropy_with_integer_labels", nodes, [logits, labels], [y], emit, key=("ice",))
+    def emit(z, c, w=None):
+        return [jr.softmax_cross_entropy_with_integer_labels(z, _wrap(c, v), where=w)]
+    return Match("softmax_cross_entropy_with_integer_labels", nodes, ins, [y], emit, key=("ice", where is not None))
 
 
-def _fused_match(y, nodes, labels, v, a, w, w_axis, bias) -> Match:
+def _fused_match(y, nodes, labels, where, v, a, w, w_axis, bias) -> Match:
     d = a.aval.shape[-1]
-    inputs = [a, w, labels] + ([bias] if bias is not None else [])
+    inputs = [a, w, labels] + ([where] if where is not None else []) + ([bias] if bias is not None else [])
 
-    def emit(x, W, c, b=None):
+    def emit(x, W, c, *rest):
+        it = iter(rest)
+        m = next(it) if where is not None else None
+        b = next(it) if bias is not None else None
         x2 = x.reshape(-1, d)
         W2 = W if w_axis == 0 else W.T
-        loss = jr.linear_softmax_cross_entropy(x2, W2, _wrap(c.reshape(-1), v), None if b is None else b.reshape(v))
+        loss = jr.linear_softmax_cross_entropy(x2, W2, _wrap(c.reshape(-1), v), None if b is None else b.reshape(v),
+                                               where=None if m is None else m.reshape(-1))
         return [loss.reshape(y.aval.shape).astype(y.aval.dtype)]
-    return Match("linear_softmax_cross_entropy", nodes, inputs, [y], emit, key=("lsce", w_axis, bias is not None))
+    return Match("linear_softmax_cross_entropy", nodes, inputs, [y], emit,
+                 key=("lsce", w_axis, bias is not None, where is not None))
 
 
 def _linear(logits: Value, ce: set) -> tuple | None:
