@@ -437,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- lean: jr.lean on stock models of four frameworks ---------------------------------------------
 
-LEAN_MODELS = (("Flax NNX", "nnx", False, 0.50), ("flax linen", "linen", False, 0.50), ("Equinox", "equinox", False, 0.55),
-               ("plain JAX", "jax", False, 0.50), ("NNX, layers under nnx.scan", "nnx", True, 0.40))
+LEAN_MODELS = (  # label, framework, layers under nnx.scan, the memory target
+    ("Flax NNX", "nnx", False, 0.50), ("flax linen", "linen", False, 0.50), ("Equinox", "equinox", False, 0.55),
+    ("plain JAX", "jax", False, 0.50), ("NNX, layers under nnx.scan", "nnx", True, 0.40))
 
 
 def lean_case(kind: str, scan: bool = False, V: int = 8192, T: int = 512, D: int = 256, heads: int = 4,

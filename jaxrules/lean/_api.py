@@ -6,8 +6,6 @@ import functools
 import sys
 from typing import Any, Callable
 
-import jax
-
 from jaxrules.lean import _ir, frameworks, rewrite
 from jaxrules.lean.rewrite import Plan
 

@@ -41,8 +41,8 @@ import numpy as np
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import (TRANSPARENT, Match, aval_key, closed, exact, fold, known_scalar, only_use, peels, rank_key,
-                                  skeleton, stand_in, struct, template)
+from jaxrules.lean._match import (TRANSPARENT, Match, aval_key, closed, exact, fold, known_scalar, only_use, peels,
+                                  rank_key, skeleton, stand_in, struct, template)
 from jaxrules.lean.rewrite import register
 
 
@@ -93,7 +93,10 @@ def _dpa(scale: float | None, causal: bool, has_bias: bool, has_mask: bool):
 
 def _probe_avals(y: Any, has_bias: bool, has_mask: bool) -> list:
     q = struct(y)
-    full = (y.shape[0], y.shape[2], y.shape[1], y.shape[1]) if len(y.shape) == 4 else (y.shape[1], y.shape[0], y.shape[0])
+    if len(y.shape) == 4:
+        full = (y.shape[0], y.shape[2], y.shape[1], y.shape[1])
+    else:
+        full = (y.shape[1], y.shape[0], y.shape[0])
     out = [q, q, q]
     if has_bias:
         out.append(jax.ShapeDtypeStruct(full, y.dtype))
@@ -281,7 +284,7 @@ def _attention(node: Node, y: Value, p_side: int, dn: tuple) -> Match | None:
     nodes: set = {node}
     pc, vc = (dn[0], dn[1]) if p_side == 0 else (dn[1], dn[0])
     pb, vb = (dn[2], dn[3]) if p_side == 0 else (dn[3], dn[2])
-    p, v = node.ins[p_side], node.ins[1 - p_side]
+    p = node.ins[p_side]
     if not only_use(p, nodes):
         return None
     p = _skip_converts(p, nodes)

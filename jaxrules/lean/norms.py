@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +117,8 @@ def _standardize(eps, scale, bias):
     return f
 
 
-_FLAX = tuple(dict(scale=s, bias=b, fast=f) for s, b, f in itertools.product((True, False), (True, False), (True, False)))
+_BOTH = (True, False)
+_FLAX = tuple(dict(scale=s, bias=b, fast=f) for s, b, f in itertools.product(_BOTH, _BOTH, _BOTH))
 _FLAX_RMS = tuple(dict(scale=s, bias=False, fast=f) for s, f in itertools.product((True, False), (True, False)))
 _EQX = tuple(dict(scale=s, bias=b) for s, b in itertools.product((True, False), (True, False)))
 _EQX_RMS = tuple(dict(scale=s, bias=False) for s in (True, False))

@@ -24,7 +24,7 @@ from jax import lax
 
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Program
-from jaxrules.lean._match import Match, check_types
+from jaxrules.lean._match import check_types
 
 
 def _prim(f: Callable, *args: Any) -> Any:
