@@ -226,7 +226,7 @@ def test_replacements_take_shapes():
 # --- the stock models of the four frameworks ------------------------------------------------------
 
 MODELS = {  # framework, scan, layers: expected replacements (a site inside a loop body counts once)
-    ("nnx", False, 2): {"dot_product_attention": 2, "gelu": 2, "layer_norm": 5, "linear_softmax_cross_entropy": 1},
+    ("nnx", False, 1): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
     ("nnx", True, 2): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
     ("linen", False, 1): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
     ("equinox", False, 1): {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3, "linear_softmax_cross_entropy": 1},
@@ -253,14 +253,16 @@ def test_float64_finite_differences_on_a_tiny_model():
         lean = jr.lean(loss)
         assert lean.replacements(params, tokens, targets) == {"dot_product_attention": 1, "gelu": 1, "layer_norm": 3,
                                                               "linear_softmax_cross_entropy": 1}
-        g = jax.jit(jax.grad(lean))(params, tokens, targets)
         flat, unravel = jax.flatten_util.ravel_pytree(params)
-        f = jax.jit(lambda p: lean(unravel(p), tokens, targets))
-        gflat = jax.flatten_util.ravel_pytree(g)[0]
+        f = lambda p: lean(unravel(p), tokens, targets)  # noqa: E731
+        eps = 1e-6  # the truncation error, eps² times a third derivative, is 5e-7 at 1e-5 here
+
+        @jax.jit
+        def both(p, d):  # the gradient along d, and central differences along d: one compilation
+            return jax.grad(f)(p) @ d, (f(p + eps * d) - f(p - eps * d)) / (2 * eps)
         for d in jax.random.normal(jax.random.key(1), (2, flat.size), jnp.float64):
-            eps = 1e-6  # the truncation error, eps² times a third derivative, is 5e-7 at 1e-5 here
-            fd = (f(flat + eps * d) - f(flat - eps * d)) / (2 * eps)
-            np.testing.assert_allclose(float(gflat @ d), float(fd), rtol=1e-6, atol=1e-9)
+            g, fd = both(flat, d)
+            np.testing.assert_allclose(float(g), float(fd), rtol=1e-6, atol=1e-9)
 
 
 # --- state ----------------------------------------------------------------------------------------
