@@ -48,6 +48,40 @@ def _slope(m, g, on=1, off=0):
     return jnp.where(m > 0, jnp.asarray(on, g.dtype), jnp.where(m == 0, jnp.asarray(off, g.dtype), jnp.nan))
 
 
+# --- accurate pieces -------------------------------------------------------------------------
+# Shared by the rules that keep their input (see the accuracy table in the README: every rule's
+# value is within 4 units of the exact one, measured against mpmath by jaxrules.accuracy).
+
+def _exp_split(z: Array, deep: Array) -> Array:
+    """One exponential for two uses: e^{z/2} where ``deep`` (far below, for _halves), e^{−z} elsewhere
+    (for σ(z) = 1/(1 + e^{−z}) and the like). Elsewhere z ≥ −80, so e^{−z} does not overflow."""
+    return jnp.exp(jnp.where(deep, z / 2, -z))
+
+
+def _sigmoid_pair(e: Array, z: Array) -> tuple[Array, Array]:
+    """(σ(z), σ(−z)) from e = e^{−z}, each to about an ulp: σ(z) = 1/(1 + e), and σ(−z) = e·σ(z) for
+    z ≥ 0 but 1 − σ(z) below (where σ(z) ≤ ½: nothing cancels). 1 − σ(z) for z > 0 would lose all of
+    σ(−z) once σ(z) rounds to 1 (z > 17 in float32)."""
+    r = 1 / (1 + e)
+    return r, jnp.where(z >= 0, e * r, 1 - r)
+
+
+def _times(x: Array, w: Array) -> Array:
+    """x·w, taken as 0 where w is 0 (its limit as |x| → ∞), so that ±inf · 0 gives 0, not NaN."""
+    return jnp.where(w == 0, 0, x * w)
+
+
+def _halves(a: Array, h: Array) -> Array:
+    """a·h·h as (a·h)·h, 0 where h is 0: a·e^{2v} with h = e^v, whose factor e^{2v} alone would be
+    subnormal (and flushed to 0 by XLA's CPU) while the product is a normal number."""
+    return jnp.where(h == 0, 0, (a * h) * h)
+
+
+# Below this argument x·σ(x) ≈ x·e^x (silu, mish) is taken from _halves: e^x is then below
+# ulp(1) (so σ(x) = e^x to working precision) and soon subnormal (float32: from x = −87.3).
+_EXP_TAIL = -80.0
+
+
 # --- sigmoid ---------------------------------------------------------------------------------
 
 @rule(like=jax.nn.sigmoid)
@@ -157,6 +191,16 @@ leaky_relu.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 
 # --- elu -------------------------------------------------------------------------------------
 
+def _alpha_expm1(a: float, z: Array) -> Array:
+    """α(e^z − 1) for z ≤ 0, for a backward that takes αe^z = y + α from the kept output y.
+
+    Below z = −1 it is computed as αe^z − α, whose one rounding that matters is the last: y + α is
+    then αe^z to half an ulp of y, whereas α·expm1(z) adds the roundings of expm1 and of the
+    product, about twice as far (the slope saturates either way, as jax.nn's does: it is below ulp(α)
+    from z = −17). Above −1, α·expm1(z), which does not cancel near 0."""
+    return jnp.where(z < -1, a * jnp.exp(z) - a, a * jnp.expm1(z))
+
+
 @rule(like=jax.nn.elu, settings=("alpha",))
 def elu(x: ArrayLike, alpha: float = 1.0) -> Array:
     r"""Exponential linear unit, saving its output (for α ≥ 0).
@@ -168,7 +212,7 @@ def elu(x: ArrayLike, alpha: float = 1.0) -> Array:
     kept instead. At x = 0 the slope is α, as in ``jax.nn.elu``.
     """
     a = static_number("elu", "alpha", alpha)
-    return jnp.where(x > 0, x, a * jnp.expm1(jnp.where(x > 0, 0, x)))
+    return jnp.where(x > 0, x, _alpha_expm1(a, jnp.where(x > 0, 0, x)))
 
 
 def _elu_fwd(x, alpha):
@@ -192,14 +236,16 @@ def celu(x: ArrayLike, alpha: float = 1.0) -> Array:
     r"""Continuously-differentiable ELU, saving its output.
 
     .. math:: y = \max(x, 0) + α(e^{\min(x, 0)/α} - 1),
-              \bar x = (1 \text{ if } y > 0 \text{ else } y/α + 1) ∘ \bar y
+              \bar x = (1 \text{ if } y > 0 \text{ else } (y + α)/α) ∘ \bar y
 
-    y > 0 exactly when x > 0 (for any α ≠ 0), and e^{x/α} = y/α + 1 below. Slope 1 at x = 0.
+    y > 0 exactly when x > 0 (for any α ≠ 0), and e^{x/α} = (y + α)/α below, where y + α is exact
+    (y/α + 1 would add a rounding). Slope 1 at x = 0.
     """
     a = static_number("celu", "alpha", alpha)
     if a == 0:
         raise ValueError("celu: alpha must be nonzero, got 0.0")
-    return jnp.maximum(x, 0.0) + a * jnp.expm1(jnp.minimum(x, 0.0) / a)
+    z = jnp.minimum(x, 0.0) / a
+    return jnp.maximum(x, 0.0) + (_alpha_expm1(a, z) if a > 0 else a * jnp.expm1(z))
 
 
 def _celu_fwd(x, alpha):
@@ -208,7 +254,7 @@ def _celu_fwd(x, alpha):
 
 
 def _celu_bwd(alpha, y, g):
-    return (g * jnp.where(y > 0, 1, y / alpha + 1),)
+    return (g * jnp.where(y > 0, 1, (y + alpha) / alpha),)
 
 
 celu.defvjp(_celu_fwd, _celu_bwd)
@@ -218,6 +264,7 @@ celu.defvjp(_celu_fwd, _celu_bwd)
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
+_SELU_SCALE_ALPHA = _SELU_SCALE * _SELU_ALPHA
 
 
 @rule(like=jax.nn.selu)
@@ -227,7 +274,9 @@ def selu(x: ArrayLike) -> Array:
     .. math:: y = λ(x \text{ if } x > 0 \text{ else } α(e^x - 1)),
               \bar x = (λ \text{ if } y > 0 \text{ else } y + λα) ∘ \bar y
     """
-    return _SELU_SCALE * jnp.where(x > 0, x, _SELU_ALPHA * jnp.expm1(jnp.where(x > 0, 0, x)))
+    # λα(e^x − 1) with λα rounded once, to the constant the backward adds back, so that y + λα is
+    # λαe^x up to y's own rounding (λ·(α·expm1(x)) rounded three times, and met another λα)
+    return jnp.where(x > 0, _SELU_SCALE * x, _alpha_expm1(_SELU_SCALE_ALPHA, jnp.where(x > 0, 0, x)))
 
 
 def _selu_fwd(x):
@@ -236,7 +285,7 @@ def _selu_fwd(x):
 
 
 def _selu_bwd(y, g):
-    return (g * jnp.where(y > 0, _SELU_SCALE, y + _SELU_SCALE * _SELU_ALPHA),)
+    return (g * jnp.where(y > 0, _SELU_SCALE, y + _SELU_SCALE_ALPHA),)
 
 
 selu.defvjp(_selu_fwd, _selu_bwd)
@@ -246,11 +295,21 @@ selu.defvjp(_selu_fwd, _selu_bwd)
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
+_GELU_TAIL = -10.0  # below it the exact gelu uses the asymptotic series of Φ (erfc(−x/√2) is subnormal at −13)
 
 
-def _times(x: Array, w: Array) -> Array:
-    """x·w, taken as 0 where w is 0 (its limit as |x| → ∞), so that ±inf · 0 gives 0, not NaN."""
-    return jnp.where(w == 0, 0, x * w)
+def _gelu_u(x: Array) -> tuple[Array, Array]:
+    """(u, u′) of the tanh form: u = √(2/π)(x + 0.044715x³)."""
+    return _SQRT_2_OVER_PI * (x + 0.044715 * (x ** 3)), _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * (x * x))
+
+
+def _gelu_exact_tail(x: Array) -> tuple[Array, Array]:
+    """(S, p) for x ≤ −10: Φ(x) = φ(x)·S/|x|, S = 1 − 1/x² + 3/x⁴ − 15/x⁶ + 105/x⁸ (1e-7 from the
+    sum at x = −10, where the input's rounding alone moves gelu by 1e-5), and φ(x) = p·p/√(2π) with
+    p = e^{−x²/4}: normal where φ alone would be subnormal."""
+    t = 1 / (x * x)
+    return 1 + t * (-1 + t * (3 + t * (-15 + t * 105))), jnp.exp(-(x * x) / 4)
 
 
 @rule(like=jax.nn.gelu, settings=("approximate",))
@@ -259,19 +318,33 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
 
     Exact (``approximate=False``), with Φ the standard normal CDF and φ its density:
 
-    .. math:: y = xΦ(x),        \bar x = (Φ(x) + xφ(x)) ∘ \bar y
+    .. math:: y = xΦ(x) = \tfrac12 x \operatorname{erfc}(-x/\sqrt2),        \bar x = (Φ(x) + xφ(x)) ∘ \bar y
 
-    Tanh approximation (default, as ``jax.nn.gelu``), with u = \sqrt{2/π}(x + 0.044715x^3), t = tanh(u):
+    (erfc, not 1 + erf, which cancels for x < −3). Below x = −10 the value comes from the asymptotic
+    series Φ(x) = φ(x)(1 − 1/x² + 3/x⁴ − …)/|x|, since erfc(−x/√2) turns subnormal (and XLA's CPU
+    flushes it to 0) at x = −13 while xΦ(x) is still a normal number.
 
-    .. math:: y = \tfrac12 x(1 + t),        \bar x = (\tfrac12(1 + t) + \tfrac12 x(1 - t^2)\sqrt{2/π}(1 + 0.134145x^2)) ∘ \bar y
+    Tanh approximation (default, as ``jax.nn.gelu``), with u = \sqrt{2/π}(x + 0.044715x^3):
 
-    Where |x| is so large that 1 - t² is 0, the second term is taken as 0 (never 0·∞ = NaN).
+    .. math:: y = \tfrac12 x(1 + \tanh u) = xσ(2u),        \bar x = (σ(2u) + 2xσ(2u)σ(-2u)u') ∘ \bar y
+
+    ½(1 + tanh u) is computed as σ(2u) = 1/(1 + e^{−2u}), which does not cancel for x < 0 (jax.nn's
+    1 + tanh u does, from x ≈ −3), and σ(−2u) on its own rather than as 1 − σ(2u). Values are within
+    a few ulps everywhere (README, accuracy table), slopes too but where they are below 1e-37
+    (x < −10); the limits at ±inf are 0 and x, with slopes 0 and 1 (jax.nn: NaN).
     """
     static_bool("gelu", "approximate", approximate)
     if approximate:
-        cdf = 0.5 * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x ** 3))))
-        return x * cdf
-    return (x * ((lax.erf(x / math.sqrt(2)) + 1) / 2)).astype(x.dtype)  # x·Φ(x): 2x would overflow at the top
+        u, _ = _gelu_u(x)
+        # xσ(2u) as x/(1 + e^{−2u}): no subnormal σ(2u) on the way (x·σ(2u) flushes it to 0 from
+        # 2u = −87.3, where the product is still normal); where e^{−2u} overflows the result is
+        # within 2.5 ulps of the smallest normal, and 0 at x = −inf
+        e = jnp.exp(-2 * u)
+        return jnp.where(jnp.isinf(e), 0, x / (1 + e))
+    s, p = _gelu_exact_tail(x)
+    tail = -_halves(_INV_SQRT_2PI * s, p)  # xΦ(x) = −φ(x)·S
+    # (½x)·erfc: halved first, since erfc(−x/√2) = 2 at the top and 2x would overflow
+    return jnp.where(x < _GELU_TAIL, tail, (0.5 * x) * lax.erfc(-x * _SQRT_HALF)).astype(x.dtype)
 
 
 def _gelu_fwd(x, approximate):
@@ -280,15 +353,13 @@ def _gelu_fwd(x, approximate):
 
 def _gelu_bwd(approximate, x, g):
     if approximate:
-        t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x ** 3)))
-        sech2 = 1 - t * t
-        slope = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-        # where 1 - t² is 0 the tail is 0, even where the slope factor has overflowed (float16 at 1e4)
-        tail = jnp.where(sech2 == 0, 0, 0.5 * x * sech2 * slope)
-        return (g * (0.5 * (1 + t) + tail),)
-    cdf = 0.5 * (1 + lax.erf(x / math.sqrt(2)))
-    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
-    return (g * (cdf + _times(x, pdf)).astype(x.dtype),)
+        u, du = _gelu_u(x)
+        s, s_minus = _sigmoid_pair(jnp.exp(-2 * u), 2 * u)
+        w = s * s_minus
+        return (g * (s + jnp.where(w == 0, 0, 2 * x * du * w)),)  # 0 where σ′ is 0, even if x·u′ overflowed
+    # Φ + xφ, with x·e^{−x²/2} formed before the factor 1/√(2π), which would make it subnormal first
+    xq = _times(x, jnp.exp(-0.5 * (x * x)))
+    return (g * (0.5 * lax.erfc(-x * _SQRT_HALF) + _INV_SQRT_2PI * xq).astype(x.dtype),)
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
@@ -300,11 +371,16 @@ gelu.defvjp(_gelu_fwd, _gelu_bwd)
 def silu(x: ArrayLike) -> Array:
     r"""SiLU (swish), x·σ(x), saving its input.
 
-    .. math:: y = xσ(x),        \bar x = σ(x)(1 + x(1 - σ(x))) ∘ \bar y
+    .. math:: y = xσ(x),        \bar x = (σ(x) + xσ(x)σ(-x)) ∘ \bar y
 
-    At x = ±inf the slope is its limit (1, 0), never ∞·0 = NaN; the same for gelu and mish.
+    σ(−x) is computed on its own, not as 1 − σ(x) (which loses it once σ(x) rounds to 1). At
+    x = ±inf value and slope are their limits (0 and ∞, slopes 0 and 1), never ∞·0 = NaN; the same
+    for gelu and mish. Below x = −80, xσ(x) = x·e^{x/2}·e^{x/2}: σ(x) alone is subnormal (flushed to
+    0 on CPU) from x = −87 while xσ(x) is a normal number down to −92.
     """
-    return x * lax.logistic(x)
+    deep = x < _EXP_TAIL
+    e = _exp_split(x, deep)
+    return jnp.where(deep, _halves(x, e), x / (1 + e))
 
 
 def _silu_fwd(x):
@@ -312,8 +388,11 @@ def _silu_fwd(x):
 
 
 def _silu_bwd(x, g):
-    s = lax.logistic(x)
-    return (g * (s + _times(x, s * (1 - s))),)
+    deep = x < _EXP_TAIL
+    e = _exp_split(x, deep)
+    s, s_minus = _sigmoid_pair(e, x)
+    # below −80, e^x(1 + x): normal down to x = −92, where σ(x) alone is not
+    return (g * jnp.where(deep, _halves(1 + x, e), s + _times(x, s * s_minus)),)
 
 
 silu.defvjp(_silu_fwd, _silu_bwd)
@@ -377,8 +456,15 @@ def mish(x: ArrayLike) -> Array:
 
     .. math:: y = x\tanh(s), s = \log(1 + e^x),
               \bar x = (\tanh(s) + x(1 - \tanh^2(s))σ(x)) ∘ \bar y
+
+    1 − tanh²(s) is computed as 4σ(−2s)σ(2s), which does not cancel where tanh(s) rounds to 1
+    (x > 8). mish(−inf) = 0 (its limit; jax.nn gives NaN), with slope 0. Below x = −80,
+    mish(x) = x·e^{x/2}·e^{x/2} to working precision, as for silu.
     """
-    return x * jnp.tanh(jnp.logaddexp(x, 0))
+    deep = x < _EXP_TAIL
+    e = jnp.exp(jnp.where(deep, x / 2, -jnp.abs(x)))  # e^{−|x|}, or e^{x/2} far below: one exponential
+    s = jnp.maximum(x, 0) + jnp.log1p(e)  # softplus, as jnp.logaddexp(x, 0) computes it
+    return jnp.where(deep, _halves(x, e), _times(x, jnp.tanh(s)))
 
 
 def _mish_fwd(x):
@@ -386,8 +472,13 @@ def _mish_fwd(x):
 
 
 def _mish_bwd(x, g):
-    t = jnp.tanh(jnp.logaddexp(x, 0))
-    return (g * (t + _times(x, (1 - t * t) * lax.logistic(x))),)
+    deep = x < _EXP_TAIL
+    e = jnp.exp(jnp.where(deep, x / 2, -jnp.abs(x)))
+    s = jnp.maximum(x, 0) + jnp.log1p(e)
+    a = lax.logistic(-2 * s)  # σ(−2s) ∈ (0, ½]: 1 − tanh s = 2a, 1 − tanh² s = 4a(1 − a)
+    sig = jnp.where(x >= 0, 1, e) / (1 + e)  # σ(x) from e^{−|x|}
+    main = jnp.tanh(s) + _times(x, 4 * a * (1 - a) * sig)
+    return (g * jnp.where(deep, _halves(1 + x, e), main),)  # e^x(1 + x) far below
 
 
 mish.defvjp(_mish_fwd, _mish_bwd)
@@ -450,7 +541,7 @@ def hard_silu(x: ArrayLike) -> Array:
     .. math:: y = x\,h(x), h(x) = \mathrm{relu6}(x + 3)/6,
               \bar x = (h(x) + \tfrac{x}{6} 1[-3 < x < 3]) ∘ \bar y
     """
-    return x * (jnp.minimum(jnp.maximum(x + 3.0, 0), 6.0) / 6.0)
+    return _times(x, jnp.minimum(jnp.maximum(x + 3.0, 0), 6.0) / 6.0)  # hard_silu(−inf) = 0, its limit
 
 
 def _hard_silu_fwd(x):
@@ -500,8 +591,9 @@ def soft_sign(x: ArrayLike) -> Array:
     .. math:: y = \frac{x}{|x| + 1},        \bar x = \frac{1}{(|x| + 1)^2} ∘ \bar y
 
     The input is kept rather than y: (1 - |y|)² would lose all precision for large |x|.
+    soft_sign(±inf) = ±1, its limit (jax.nn gives NaN).
     """
-    return x / (jnp.abs(x) + 1)
+    return jnp.where(jnp.isinf(x), jnp.sign(x), x / (jnp.abs(x) + 1))
 
 
 def _soft_sign_fwd(x):
@@ -542,7 +634,10 @@ def _squareplus_fwd(x, b):
 
 
 def _squareplus_bwd(b, y, g):
-    ratio = (b / 4) / jnp.where(y == 0, 1, y * y)  # 1/(1 + b/4y²): no inf/inf when y² overflows
+    # 1/(1 + b/(2y)²): no inf/inf when y² overflows, and (2y)² is normal down to slopes of 4y²/b
+    # (y² alone is subnormal from x = −1.8e19)
+    q = 2 * y
+    ratio = b / jnp.where(y == 0, 1, q * q)
     return (g * jnp.where(y == 0, 0, 1 / (1 + ratio)),)
 
 

@@ -46,6 +46,24 @@ def _shifted(x: Array, axes: tuple[int, ...], mask: Array | None):
     return m, e, jnp.sum(e, axis=axes, keepdims=True)
 
 
+def _masked_max(x: Array, axes: tuple[int, ...], mask: Array | None) -> Array:
+    """The maximum over axes with keepdims (masked entries left out), 0 where it is not finite."""
+    xm = x if mask is None else jnp.where(mask, x, -jnp.inf)
+    m = jnp.max(xm, axis=axes, keepdims=True, initial=-jnp.inf)
+    return lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+
+
+def _weights(x: Array, log_s: Array, axes: tuple[int, ...], mask: Array | None) -> Array:
+    """e^{x − m − log s}, the softmax weights, from the log-sum log s = log Σ e^{x − m} of the shifted
+    logits (m the maximum, found again): x − m is exact near the top, so this is as accurate as
+    softmax itself. From a rounded y = m + log s instead, e^{x − y} is off by y's rounding, 5e-4
+    near logits of 1e4. 0 where masked, and where log s is not finite (no entry, or an infinite one)."""
+    m = _masked_max(x, axes, mask)
+    finite = jnp.isfinite(log_s)
+    p = jnp.where(finite, jnp.exp((x - m) - jnp.where(finite, log_s, 0)), 0)
+    return p if mask is None else jnp.where(mask, p, 0)
+
+
 # --- softmax ---------------------------------------------------------------------------------
 
 @rule(like=jax.nn.softmax, settings=("axis",))
@@ -133,12 +151,12 @@ def _logsumexp_setup(a, axis, b, return_sign, where):
 
 
 def _logsumexp_parts(x, axes, mask, b):
-    """(y with keepdims, e^(x − y)): the log-sum and the softmax weights of each entry."""
+    """(y, log s) with keepdims: y = m + log s, s = Σ b·e^{x − m}, m the (masked) maximum."""
     m, e, s = _shifted(x, axes, mask)
     if b is not None:
         s = jnp.sum(b * e, axis=axes, keepdims=True)
-    y = m + jnp.log(s)
-    return y
+    log_s = jnp.log(s)
+    return m + log_s, log_s
 
 
 @rule(like=jax.nn.logsumexp, settings=("axis", "keepdims", "return_sign"), floats=("a", "b"))
@@ -149,28 +167,26 @@ def logsumexp(a: ArrayLike, axis: Axis = None, b: ArrayLike | None = None, keepd
     .. math:: y = \max a + \log \textstyle\sum b\, e^{a - \max a},        \bar a = \bar y ∘ b\, e^{a - y},        \bar b = \bar y ∘ e^{a - y}
 
     b (default 1) are non-negative weights; ``return_sign=True`` (for negative weights) is not
-    supported and raises. Keeps a (the input), b and y (reduced). Masked entries get zero
-    gradients; a fully masked reduction gives y = −∞ and zero gradients.
+    supported and raises. Keeps a (the input), b and log s = y − max a (reduced). Masked entries get
+    zero gradients; a fully masked reduction gives y = −∞ and zero gradients. The backward takes
+    e^{a − max a − log s}, not e^{a − y}: y is rounded (by 5e-4 near logits of 1e4), log s is not.
     """
     x, axes, mask, w = _logsumexp_setup(a, axis, b, return_sign, where)
-    y = _logsumexp_parts(x, axes, mask, w)
+    y, _ = _logsumexp_parts(x, axes, mask, w)
     return y if keepdims else jnp.squeeze(y, axis=axes)
 
 
 def _logsumexp_fwd(a, axis, b, keepdims, return_sign, where):
     x, axes, mask, w = _logsumexp_setup(a, axis, b, return_sign, where)
-    y = _logsumexp_parts(x, axes, mask, w)
-    return (y if keepdims else jnp.squeeze(y, axis=axes)), (x, w, y, mask, Static(b is None or jnp.shape(b)))
+    y, log_s = _logsumexp_parts(x, axes, mask, w)
+    return (y if keepdims else jnp.squeeze(y, axis=axes)), (x, w, log_s, mask, Static(b is None or jnp.shape(b)))
 
 
 def _logsumexp_bwd(axis, keepdims, return_sign, res, g):
-    x, w, y, mask, b_shape = res
+    x, w, log_s, mask, b_shape = res
     axes = _checks.axes("logsumexp", axis, x.ndim)
     g = g if keepdims else jnp.expand_dims(g, axes)
-    finite = jnp.isfinite(y)
-    p = jnp.where(finite, jnp.exp(x - jnp.where(finite, y, 0)), 0)  # e^(a − y), 0 where y = ±∞
-    if mask is not None:
-        p = jnp.where(mask, p, 0)
+    p = _weights(x, log_s, axes, mask)  # e^(a − y) with y = m + log s, not the rounded y; 0 where y = ±∞
     a_bar = g * p if w is None else g * w * p
     b_bar = None if w is None else unbroadcast(g * p, b_shape.value).astype(w.dtype)
     return a_bar, b_bar, None
@@ -195,9 +211,10 @@ def _halves(rule: str, x: Any, axis: int):
 def glu(x: ArrayLike, axis: int = -1) -> Array:
     r"""Gated linear unit: x split in halves (a, b) along ``axis``, a gated by σ(b).
 
-    .. math:: y = a ∘ σ(b),        \bar a = \bar y ∘ σ(b),        \bar b = \bar y ∘ a ∘ σ(b)(1 - σ(b))
+    .. math:: y = a ∘ σ(b),        \bar a = \bar y ∘ σ(b),        \bar b = \bar y ∘ a ∘ σ(b)σ(-b)
 
-    Keeps x (the input).
+    Keeps x (the input). σ(−b) is computed on its own, not as 1 − σ(b), which is 0 once σ(b) rounds
+    to 1 (b > 17 in float32), where σ′(b) = e^{−b} is not.
     """
     x, ax = _halves("glu", x, axis)
     a, b = jnp.split(x, 2, axis=ax)
@@ -211,8 +228,9 @@ def _glu_fwd(x, axis):
 def _glu_bwd(axis, x, g):
     ax = axis % x.ndim
     a, b = jnp.split(x, 2, axis=ax)
-    s = lax.logistic(b)
-    return (jnp.concatenate([g * s, g * a * s * (1 - s)], axis=ax),)
+    small = lax.logistic(-jnp.abs(b))  # σ(b) and σ(−b), each to an ulp: 1 − σ(b) loses σ(−b) for b > 17
+    s, s_minus = jnp.where(b >= 0, 1 - small, small), jnp.where(b >= 0, small, 1 - small)
+    return (jnp.concatenate([g * s, g * a * (s * s_minus)], axis=ax),)
 
 
 glu.defvjp(_glu_fwd, _glu_bwd)

@@ -32,7 +32,10 @@ import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 
-__all__ = ["VALUES_ONLY", "check_rule", "check_sharded", "default_tolerance", "residual_bytes"]
+from jaxrules.accuracy import check_accuracy, check_rows
+
+__all__ = ["VALUES_ONLY", "check_accuracy", "check_rows", "check_rule", "check_sharded", "default_tolerance",
+           "residual_bytes"]
 
 #: ``check_rule(..., **VALUES_ONLY)``: the primal and the VJP against the reference, in one compilation,
 #: nothing else (for many cases of a rule whose transformations are checked elsewhere).

@@ -12,12 +12,10 @@ result has the input's dtype.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.typing import ArrayLike
 
 from jaxrules import activations
@@ -252,39 +250,19 @@ def _swiglu_bwd(res, g):
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
-def _SQRT_HALF(a: Array) -> Array:  # noqa: N802 - a constant, in a's dtype (as jax.nn.gelu rounds it)
-    return jnp.asarray(math.sqrt(0.5), a.dtype)
-
-
-def _gelu(a: Array, approximate: bool) -> Array:
-    """gelu(a): jr.gelu's tanh form; the exact form as ½a·erfc(−a/√2), which keeps its digits below
-    a ≈ −3, where jr.gelu's a·(1 + erf(a/√2))/2 cancels (jaxrules issue 16; share jr.gelu's again once fixed)."""
-    if approximate:
-        return activations.gelu.fun(a, True)
-    return activations._times(0.5 * a, lax.erfc(-a * _SQRT_HALF(a)))  # jax.nn.gelu's form; 0 at −inf, not −inf·0
-
-
-def _gelu_slope_times(a: Array, g: Array, approximate: bool) -> Array:
-    """g ∘ gelu′(a): jr.gelu's for the tanh form; Φ(a) + aφ(a) with Φ = ½erfc(−a/√2) for the exact one."""
-    if approximate:
-        return activations._gelu_bwd(True, a, g)[0]
-    pdf = jnp.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
-    return g * (0.5 * lax.erfc(-a * _SQRT_HALF(a)) + activations._times(a, pdf))
-
-
 @rule(settings=("approximate",), floats=("a", "b"))
 def geglu(a: ArrayLike, b: ArrayLike, approximate: bool = True) -> Array:
     r"""GeGLU's gate: gelu(a)·b (a and b broadcast together), keeping a and b only.
 
     .. math:: y = \operatorname{gelu}(a) ∘ b,        \qquad \bar a = \bar y ∘ b ∘ \operatorname{gelu}'(a),\quad \bar b = \bar y ∘ \operatorname{gelu}(a)
 
-    Tanh form by default (``approximate``, as ``jax.nn.gelu``), with ``jr.gelu``'s value and slope;
-    the exact form is ½a·erfc(−a/√2), with slope Φ(a) + aφ(a), accurate in the far negative tail.
+    Tanh form by default (``approximate``, as ``jax.nn.gelu``); both forms with ``jr.gelu``'s value and
+    slope (the exact one from ½a·erfc(−a/√2), accurate in the far negative tail): one derivative.
     """
     static_bool("geglu", "approximate", approximate)
     a, b, out = _gated_setup("geglu", a, b)
     dt = _wide(out)
-    return (_gelu(a.astype(dt), approximate) * b.astype(dt)).astype(out)
+    return (activations.gelu.fun(a.astype(dt), approximate) * b.astype(dt)).astype(out)
 
 
 def _geglu_fwd(a, b, approximate):
@@ -295,8 +273,8 @@ def _geglu_bwd(approximate, res, g):
     a, b = res
     dt = _wide(jnp.result_type(a, b))
     ac, bc, g = a.astype(dt), b.astype(dt), g.astype(dt)
-    a_bar = _gelu_slope_times(ac, g * bc, approximate)
-    b_bar = g * _gelu(ac, approximate)
+    (a_bar,) = activations._gelu_bwd(approximate, ac, g * bc)
+    b_bar = g * activations.gelu.fun(ac, approximate)
     return (unbroadcast(a_bar, a.shape).astype(a.dtype), unbroadcast(b_bar, b.shape).astype(b.dtype))
 
 
