@@ -379,7 +379,7 @@ def test_loops_branches_and_remat_are_rewritten_and_custom_rules_kept():
     assert_grads_close(jax.jit(both(loops))(X), jax.jit(both(lean))(X))
     w = lambda x: jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, _body(c[1])), (0, x))[1]  # noqa
     assert jr.lean(w).replacements(X) == {"gelu": 1}
-    np.testing.assert_allclose(jax.jit(jr.lean(w))(X), jax.jit(w)(X), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jr.lean(w))(X), jax.jit(w)(X), rtol=1e-5, atol=1e-6)  # gelu∘gelu, float32
 
 
 def test_forward_mode_through_lean():
