@@ -68,6 +68,14 @@ class Binding:
 
 _lock = threading.Lock()
 _templates: dict[Any, Any] = {}
+_CACHE = 4096  # traced templates and checks kept (by shapes, dtypes and settings); the oldest go first
+
+
+def _store(key: Any, val: Any) -> None:
+    with _lock:
+        _templates[key] = val
+        while len(_templates) > _CACHE:
+            del _templates[next(iter(_templates))]
 
 
 def struct(v: Any) -> Any:
@@ -85,8 +93,7 @@ def template(key: Any, fun: Callable, *avals: Any) -> Program | None:
         prog = _ir.trace(fun, *avals)
     except Exception:  # noqa: BLE001 - the library refuses the stand-in: no match
         prog = None
-    with _lock:
-        _templates[key] = prog
+    _store(key, prog)
     return prog
 
 
@@ -99,8 +106,7 @@ def cached(key: Any, make: Callable[[], Any]) -> Any:
         val = make()
     except Exception:  # noqa: BLE001
         val = None
-    with _lock:
-        _templates[key] = val
+    _store(key, val)
     return val
 
 
