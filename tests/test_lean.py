@@ -66,6 +66,15 @@ def test_activations_and_softmax_family_are_recognised_with_their_settings():
     assert "custom_vjp_call" in text and "name=gelu" in text
 
 
+def test_gated_units():
+    a, b = X, jnp.cos(X)
+    cases = {"swiglu": lambda a, b: jax.nn.silu(a) * b, "geglu": lambda a, b: b * jax.nn.gelu(a, approximate=False)}
+    for name, f in cases.items():
+        assert jr.lean(f).replacements(a, b) == {name: 1}
+    both = lambda lean: lambda a, b: sum(jnp.sum((jr.lean(f) if lean else f)(a, b) ** 2) for f in cases.values())  # noqa
+    assert_same_loss_and_grads(both(False), both(True), a, b, rtol=2e-6)
+
+
 def test_a_user_function_with_a_jax_nn_name_but_other_math_is_left_alone():
     @jax.jit
     def silu(x):  # a jit named silu, whose body is not jax.nn.silu's

@@ -14,7 +14,7 @@ requiring the same program, equation for equation; so a new JAX, optax, flax or 
 replaces less, never something else):
 
 * jax.nn's activations (``relu``, ``gelu`` in both forms, ``silu``, ``sigmoid``, ...), ``softmax``,
-  ``log_softmax`` and ``logsumexp``;
+  ``log_softmax`` and ``logsumexp``; ``silu(a) * b`` and ``gelu(a) * b`` → ``jr.swiglu``, ``jr.geglu``;
 * ``jax.nn.dot_product_attention`` (XLA implementation) with bias, mask and ``is_causal``, and the
   attention of ``nnx.MultiHeadAttention``, linen's ``MultiHeadDotProductAttention``,
   ``eqx.nn.MultiheadAttention`` and hand-written ``einsum``/``softmax``/``einsum`` attention, causal

@@ -24,7 +24,7 @@ import numpy as np
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import Match, aval_key, exact, group, rank_key, skeleton, stand_in, struct, template
+from jaxrules.lean._match import Match, aval_key, closed, exact, group, rank_key, skeleton, stand_in, struct, template
 from jaxrules.lean.rewrite import register
 
 
@@ -113,7 +113,7 @@ def _activation_pattern(spec: Activation) -> Callable:
 
             def emit(x, setting=setting):
                 return [_call(spec.ours, x, spec.setting, setting)]
-            return Match(spec.rule, nodes, [b.values[tmpl.ins[0]]], [y], emit, key=(spec.rule, repr(setting)))
+            return Match(spec.rule, nodes, [b.values[tmpl.ins[0]]], [y], emit, key=(spec.rule, setting))
         return None
     find.__name__ = f"find_{spec.rule}"
     return find
@@ -231,3 +231,38 @@ def find_logsumexp(node: Node) -> Match | None:
         return None
     return Match("logsumexp", nodes, [x], [y], lambda a: [jr.logsumexp(a, axis=axis, keepdims=keepdims)],
                  key=("logsumexp", axis, keepdims))
+
+
+# --- gated units: silu(a)·b and gelu(a)·b -----------------------------------------------------
+
+_GATES = {"silu": "swiglu", "gelu": "geglu"}
+
+
+@register("mul")
+def find_gated(node: Node) -> Match | None:
+    """y = act(a) · b (either order), act jax.nn's silu or gelu used only here, a, b and y of one
+    shape and dtype → jr.swiglu(a, b) or jr.geglu(a, b, approximate)."""
+    y = node.outs[0]
+    if not jnp.issubdtype(y.aval.dtype, jnp.floating) or getattr(jr, "swiglu", None) is None:
+        return None
+    for i in (0, 1):
+        gate, b = node.ins[i], node.ins[1 - i]
+        if gate.node is None or not _ir.same_aval(gate.aval, y.aval, weak=False) \
+                or not _ir.same_aval(b.aval, y.aval, weak=False) or len(gate.uses) != 1 or gate.is_out:
+            continue
+        for spec in _specs():
+            if spec.rule not in _GATES:
+                continue
+            m = _activation_pattern(spec)(gate.node)
+            if m is None or m.outputs[0] is not gate:
+                continue
+            nodes = closed(m.nodes | {node}, [y])
+            if nodes is None:
+                return None
+            a = m.inputs[0]
+            if spec.rule == "silu":
+                return Match("swiglu", nodes, [a, b], [y], lambda a, b: [jr.swiglu(a, b)], key=("swiglu",))
+            approximate = m.key[1] in (_DEFAULT, True)  # gelu's default is the tanh form
+            return Match("geglu", nodes, [a, b], [y], lambda a, b, ap=approximate: [jr.geglu(a, b, approximate=ap)],
+                         key=("geglu", approximate))
+    return None
