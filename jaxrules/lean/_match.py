@@ -149,8 +149,13 @@ def _unify(t: Value, g: Value, b: Binding, ins: set) -> bool:
             return False
         b.values[t] = g
         return True
-    if t.known:
-        if not (g.known and _ir.same_aval(t.aval, g.aval) and _ir.same_value(t.const, g.const)):
+    if t.known:  # a literal or constant of the template: the candidate's value must be known and equal
+        if not _ir.same_aval(t.aval, g.aval):
+            return False
+        if g.known:
+            if not _ir.same_value(t.const, g.const):
+                return False
+        elif g.aval.size > 64 or not _ir.same_value(t.const, fold(g)):  # computed from literals only
             return False
         b.values[t] = g
         return True
