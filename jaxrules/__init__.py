@@ -31,9 +31,9 @@ from jaxrules.arithmetic import add as add
 from jaxrules.arithmetic import divide as divide
 from jaxrules.arithmetic import multiply as multiply
 from jaxrules.arithmetic import subtract as subtract
+from jaxrules.attention import dot_product_attention as dot_product_attention
+from jaxrules.cross_entropy import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxrules.forward import forward_mode as forward_mode
-from jaxrules.fused import dot_product_attention as dot_product_attention
-from jaxrules.fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxrules.lean import lean as lean
 from jaxrules.linear import conv as conv
 from jaxrules.linear import dense as dense

@@ -224,42 +224,126 @@ def _linear_xent_sample(seed, case, dtype):
     return out + ((jnp.asarray(np.arange(n) % 3 != 1),) if masked else ())
 
 
-def _linear_xent_reference(x, W, labels, b, where=None):
-    loss = optax.softmax_cross_entropy_with_integer_labels(x @ W if b is None else x @ W + b, labels)
-    return loss if where is None else jnp.where(where, loss, 0)
+def linear_xent_reference(reduction="none", label_smoothing=0.0, z_loss=0.0, logit_softcap=None):
+    """linear_softmax_cross_entropy written with optax (the plain formula in float64, optax in float32):
+    z = x @ W + b, c·tanh(z/c) when soft-capped, optax.softmax_cross_entropy against
+    optax.smooth_labels(onehot, α), plus λ·logsumexp(z)², then masked and reduced."""
+    def reference(x, W, labels, b, where=None):
+        z = x @ W if b is None else x @ W + b
+        if logit_softcap is not None:
+            z = logit_softcap * jnp.tanh(z / logit_softcap)
+        if label_smoothing or z_loss:
+            targets = optax.smooth_labels(jax.nn.one_hot(labels, W.shape[1], dtype=z.dtype), label_smoothing)
+            loss = optax.softmax_cross_entropy(z, targets) + z_loss * jax.nn.logsumexp(z, axis=-1) ** 2
+        else:
+            loss = optax.softmax_cross_entropy_with_integer_labels(z, labels)
+        if where is not None:
+            loss = jnp.where(where, loss, 0)
+        if reduction == "sum":
+            return jnp.sum(loss)
+        if reduction == "mean":
+            return jnp.sum(loss) / (loss.shape[0] if where is None else jnp.sum(where))
+        return loss
+    return reference
+
+
+def _linear_xent(settings: dict):
+    """jr.linear_softmax_cross_entropy with settings, taking where positionally (the sampler's order)."""
+    def fn(x, W, labels, b, where=None):
+        return jr.linear_softmax_cross_entropy(x, W, labels, b, where=where, **settings)
+    return fn
 
 
 def _attention_sample(seed, case, dtype):
-    """(query, key, value, bias, mask); case = (q shape, kv shape, bias shape or None, mask shape or None).
+    """(query, key, value, bias, mask[, query_seq_lengths, key_value_seq_lengths]) for dot_product_attention.
 
-    Masks keep the first key of every row, so no row is fully masked (tested on its own)."""
-    qs, ks, bs, ms = case
+    case = (q shape, kv shape, bias shape or None, mask shape or None[, extra]). Masks keep the first
+    key of every row unless extra is "empty rows" (then every third query row sees no key); extra
+    "lengths" adds random sequence lengths (0 included, so whole batch members go blank)."""
+    qs, ks, bs, ms, *extra = case
     rng = np.random.default_rng(seed)
     q, kk, v = (_array(rng.standard_normal(sh), dtype) for sh in (qs, ks, ks))
     bias = None if bs is None else _array(rng.standard_normal(bs), dtype)
-    if ms is None:
-        return q, kk, v, bias, None
-    mask = rng.uniform(size=ms) < 0.7
-    mask[..., 0] = True
-    return q, kk, v, bias, jnp.asarray(mask)
+    mask = None
+    if ms is not None:
+        mask = rng.uniform(size=ms) < 0.7
+        mask[..., 0] = True
+        if extra == ["empty rows"]:
+            mask[..., ::3, :] = False
+        mask = jnp.asarray(mask)
+    if extra != ["lengths"]:
+        return q, kk, v, bias, mask
+    b, t, s = (qs[0], qs[1], ks[1]) if len(qs) == 4 else (1, qs[0], ks[0])
+    lengths = [jnp.asarray(rng.integers(0, n + 1, b), jnp.int32).at[-1].set(n) for n in (t, s)]
+    return (q, kk, v, bias, mask, *lengths)
 
 
-def plain_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False):
-    """softmax(s QKᵀ + bias) V, written out with jnp and differentiated by jax (the float64 reference)."""
+_FILL = -0.7 * float(np.finfo(np.float32).max)  # jax.nn's fill for masked scores
+
+
+def plain_attention(query, key, value, bias=None, mask=None, query_seq_lengths=None, key_value_seq_lengths=None,
+                    *, scale=None, is_causal=False, local_window_size=None, return_residual=False):
+    """softmax(s QKᵀ + bias) V written out with jnp (the float64 reference), with jax.nn's meaning:
+    hidden scores are a large finite negative number, so a row that sees no key averages all values
+    uniformly; rows past the query length are zeros; the residual is the logsumexp (B, T, N)."""
     if query.ndim == 3:
-        return plain_attention(query[None], key[None], value[None], bias, mask, scale=scale, is_causal=is_causal)[0]
-    groups = query.shape[2] // key.shape[2]
+        lens = [None if a is None else a for a in (query_seq_lengths, key_value_seq_lengths)]
+        out = plain_attention(query[None], key[None], value[None], bias, mask, *lens, scale=scale,
+                              is_causal=is_causal, local_window_size=local_window_size, return_residual=return_residual)
+        return jax.tree_util.tree_map(lambda a: a[0], out)
+    B, T, N, H = query.shape
+    S = key.shape[1]
+    groups = N // key.shape[2]
     key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
-    scale = 1 / query.shape[-1] ** 0.5 if scale is None else scale
+    scale = 1 / H ** 0.5 if scale is None else scale
     s = jnp.einsum("btnh,bsnh->bnts", query, key) * scale
     if bias is not None:
         s = s + bias
+    rows, cols = jnp.arange(T)[:, None], jnp.arange(S)[None, :]
     live = jnp.ones(s.shape, bool)
     if mask is not None:
         live = live & mask
     if is_causal:
-        live = live & jnp.tril(jnp.ones(s.shape[-2:], bool))
-    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(jnp.where(live, s, -jnp.inf), axis=-1), value)
+        live = live & (cols <= rows)
+    if local_window_size is not None:
+        left, right = (local_window_size,) * 2 if isinstance(local_window_size, int) else local_window_size
+        live = live & (cols >= rows - left) & (cols <= rows + right)
+    if query_seq_lengths is not None:
+        live = live & (rows < query_seq_lengths[:, None, None, None])
+    if key_value_seq_lengths is not None:
+        live = live & (cols < key_value_seq_lengths[:, None, None, None])
+    s = jnp.where(live, s, _FILL)
+    out = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(s, axis=-1), value)
+    if query_seq_lengths is not None:
+        out = jnp.where((jnp.arange(T) < query_seq_lengths[:, None])[:, :, None, None], out, 0)
+    if not return_residual:
+        return out
+    return out, jax.lax.stop_gradient(jnp.moveaxis(jax.nn.logsumexp(s, axis=-1), 1, 2)).astype(out.dtype)
+
+
+def attention_reference(**settings):
+    """The reference of a dot_product_attention row: jax.nn.dot_product_attention itself in float32; the
+    plain formula (plain_attention) in float64, where jax.nn is only float32-accurate (it takes its
+    softmax in float32), and in float16 and bfloat16, computed in float32 and rounded once (jax.nn's
+    half-precision dot algorithms do not compile on every CPU)."""
+    def reference(query, key, value, bias=None, mask=None, query_seq_lengths=None, key_value_seq_lengths=None):
+        dtype = jnp.result_type(query)
+        if dtype == jnp.float32:
+            return jax.nn.dot_product_attention(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
+                                                key_value_seq_lengths=key_value_seq_lengths, **settings)
+        wide = (lambda a: a) if dtype == jnp.float64 else (lambda a: None if a is None else a.astype(jnp.float32))
+        out = plain_attention(wide(query), wide(key), wide(value), wide(bias), mask, query_seq_lengths,
+                              key_value_seq_lengths, **settings)
+        return jax.tree_util.tree_map(lambda a: a.astype(dtype), out)
+    return reference
+
+
+def _attention(settings: dict):
+    """jr.dot_product_attention with settings, taking the sequence lengths positionally (the sampler's order)."""
+    def fn(query, key, value, bias=None, mask=None, query_seq_lengths=None, key_value_seq_lengths=None):
+        return jr.dot_product_attention(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
+                                        key_value_seq_lengths=key_value_seq_lengths, **settings)
+    return fn
 
 
 def _with(fn, settings: dict):
@@ -407,6 +491,9 @@ def _rope_sample(seed, shapes, dtype):
 # The fused rules loop with lax.scan; op by op, every scan is traced and compiled anew, so their
 # primal and VJP are checked in one compilation (jit, vmap, grad of grad and finite differences run).
 _SCAN_CHECKS = {"eager": False}
+# The rows of a fused rule's options: values, VJPs, finite differences, grad of grad and forward mode;
+# the transformations (vmap, scan, checkpoint) ran on the rule's first row and do not see the options.
+_OPTION_CHECKS = {"eager": False, "vmap": False, "scan": False, "checkpoint": False}
 
 _LOW_PRECISION = {np.dtype(jnp.float16): (2e-2, 4e-3), np.dtype(jnp.bfloat16): (8e-2, 2e-2)}
 
@@ -582,29 +669,59 @@ RULES: tuple[Rule, ...] = (
     _row("geglu", "transformer", lambda a, b: jax.nn.gelu(a, approximate=False) * b,
          "jax.nn.gelu(a, approximate=False) * b", _pair(), "ā = ȳ ∘ b ∘ gelu′(a), b̄ = ȳ ∘ gelu(a)", "a, b",
          (((3, 4), (4,)),), settings={"approximate": False}),
-    # memory-lean fused rules
-    Rule("linear_softmax_cross_entropy", lambda x, W, c, b: jr.linear_softmax_cross_entropy(x, W, c, b, chunk_size=4),
-         _linear_xent_reference, "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "fused",
-         _linear_xent_sample, "x̄ = z̄ Wᵀ, W̄ = xᵀ z̄, b̄ = Σ z̄, z̄ = ℓ̄ ∘ (softmax(z) − onehot(c)), chunk by chunk",
-         "x, W, b, c, logsumexp (N)", cases=((6, 5, 11, True, False), (3, 4, 8, False, False), (1, 3, 2, True, False),
-                                             (0, 3, 5, True, False)), settings="chunk_size=4", checks=_SCAN_CHECKS),
+    # memory-lean fused rules: cross-entropy of an output layer, attention over 2-D tiles
+    Rule("linear_softmax_cross_entropy", _linear_xent({"chunk_size": 4}), linear_xent_reference(),
+         "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "cross_entropy", _linear_xent_sample,
+         "x̄ = z̄ Wᵀ, W̄ = xᵀ z̄, b̄ = Σ z̄, z̄ = ℓ̄ ∘ (softmax(z) − onehot(c)), chunk by chunk (rows) over all of V",
+         "x, W, b, c, logsumexp (N)", cases=((6, 5, 11, True, False), (9, 3, 64, True, True), (3, 4, 8, False, False),
+                                             (1, 3, 2, True, False), (0, 3, 5, True, False)),
+         settings="chunk_size=4", checks=_SCAN_CHECKS),
     Rule("linear_softmax_cross_entropy",
-         lambda x, W, c, b, w: jr.linear_softmax_cross_entropy(x, W, c, b, where=w, chunk_size=4),
-         _linear_xent_reference, "optax.softmax_cross_entropy_with_integer_labels(x @ W + b, labels)", "fused",
-         _linear_xent_sample, "as above; masked rows: 0", "x, W, b, c, logsumexp (N)",
-         cases=((6, 5, 11, True, True),), settings="chunk_size=4, where=rows", checks=_SCAN_CHECKS),
-    Rule("dot_product_attention", lambda q, k, v, b, m: jr.dot_product_attention(q, k, v, b, m, block_size=3),
-         plain_attention, "softmax(s QKᵀ + bias) V (jnp)", "fused", _attention_sample,
-         "V̄ = Pᵀ Ō, S̄ = P ∘ (Ō Vᵀ − rowsum(Ō ∘ O)), Q̄ = s S̄ K, K̄ = s S̄ᵀ Q, bias̄ = S̄, block by block",
+         _linear_xent({"chunk_size": 4, "label_smoothing": 0.1, "z_loss": 0.01, "logit_softcap": 2.0}),
+         linear_xent_reference(label_smoothing=0.1, z_loss=0.01, logit_softcap=2.0),
+         "optax.softmax_cross_entropy(c·tanh(z/c), optax.smooth_labels(onehot, α)) + λ·lse(z)²", "cross_entropy",
+         _linear_xent_sample, "z̄ = ℓ̄ ∘ (softmax(z)(1 + 2λ·lse) − (1 − α)·onehot(c) − α/V) ∘ (1 − (z/c)²)",
+         "x, W, b, c, logsumexp (N)", cases=((6, 5, 11, True, True), (5, 2, 32, False, False)),
+         settings="chunk_size=4, label_smoothing=0.1, z_loss=0.01, logit_softcap=2.0", checks=_OPTION_CHECKS),
+    Rule("linear_softmax_cross_entropy", _linear_xent({"chunk_size": 4, "reduction": "mean", "label_smoothing": 0.1}),
+         linear_xent_reference("mean", label_smoothing=0.1), "mean over where of the above (optax)",
+         "cross_entropy", _linear_xent_sample,
+         "x̄ = ȳ·x̄₀, W̄ = ȳ·W̄₀, b̄ = ȳ·b̄₀: x̄₀, W̄₀, b̄₀ (the gradient at ȳ = 1) formed in the forward",
+         "x̄₀, W̄₀, b̄₀", cases=((6, 5, 11, True, True), (9, 3, 64, False, False), (1, 2, 3, True, False)),
+         settings="chunk_size=4, reduction='mean', label_smoothing=0.1", checks=_OPTION_CHECKS),
+    Rule("linear_softmax_cross_entropy",
+         _linear_xent({"chunk_size": 4, "reduction": "sum", "z_loss": 0.01, "logit_softcap": 2.0}),
+         linear_xent_reference("sum", z_loss=0.01, logit_softcap=2.0), "sum of the above (optax)", "cross_entropy",
+         _linear_xent_sample, "as above, the gradient at ȳ = 1 formed in the forward", "x̄₀, W̄₀, b̄₀",
+         cases=((7, 3, 11, True, True), (0, 3, 5, True, False)),
+         settings="chunk_size=4, reduction='sum', z_loss=0.01, logit_softcap=2.0", checks=_OPTION_CHECKS),
+    Rule("dot_product_attention", _attention({"block_size": 3}), attention_reference(),
+         "softmax(s QKᵀ + bias) V (jnp; jax.nn in float32)", "attention", _attention_sample,
+         "V̄ = Pᵀ Ō, S̄ = P ∘ (Ō Vᵀ − rowsum(Ō ∘ O)), Q̄ = s S̄ K, K̄ = s S̄ᵀ Q, bias̄ = S̄, tile by tile",
          "q, k, v, O, logsumexp (rows)",
          cases=(((2, 5, 4, 3), (2, 7, 2, 3), (1, 4, 5, 7), (2, 1, 5, 7)), ((5, 2, 3), (7, 2, 3), (5, 1), None)),
          settings="block_size=3", checks=_SCAN_CHECKS),
-    Rule("dot_product_attention", lambda q, k, v, b, m: jr.dot_product_attention(q, k, v, b, m, is_causal=True,
-                                                                                  block_size=2),
-         partial(plain_attention, is_causal=True), "softmax(s QKᵀ + bias) V (jnp)", "fused", _attention_sample,
-         "as above, keys j ≤ i", "q, k, v, O, logsumexp (rows)",
-         cases=(((1, 5, 2, 3), (1, 5, 2, 3), None, None),), settings="is_causal=True, block_size=2",
-         checks=_SCAN_CHECKS),
+    Rule("dot_product_attention", _attention({"is_causal": True, "block_size": 2}), attention_reference(is_causal=True),
+         "softmax(s QKᵀ + bias) V (jnp; jax.nn in float32)", "attention", _attention_sample,
+         "as above, keys s ≤ t; tiles above the diagonal skipped; rows that see no key: the mean of V",
+         "q, k, v, O, logsumexp (rows)",
+         cases=(((2, 7, 4, 3), (2, 5, 1, 3), None, (2, 1, 7, 5), "empty rows"), ((5, 2, 3), (5, 2, 3), None, None)),
+         settings="is_causal=True, block_size=2", checks=_OPTION_CHECKS),
+    Rule("dot_product_attention", _attention({"block_size": 3, "return_residual": True}),
+         attention_reference(return_residual=True), "(softmax(s QKᵀ + bias) V, logsumexp) (jnp; jax.nn in float32)",
+         "attention", _attention_sample, "as above; the logsumexp is returned without a gradient, as jax.nn's",
+         "q, k, v, O, logsumexp (rows)", cases=(((2, 5, 4, 3), (2, 7, 2, 3), (1, 4, 5, 7), None),),
+         settings="block_size=3, return_residual=True",
+         # finite differences see the logsumexp move, while its gradient is stopped (as jax.nn's)
+         checks=_OPTION_CHECKS | {"fd": False}),
+    Rule("dot_product_attention", _attention({"local_window_size": (2, 1), "block_size": (2, 3)}),
+         attention_reference(local_window_size=(2, 1)),
+         "softmax(s QKᵀ + bias) V (jnp; jax.nn in float32)", "attention", _attention_sample,
+         "as above, keys t − 2 ≤ s ≤ t + 1 below the sequence lengths; tiles outside skipped",
+         "q, k, v, O, logsumexp (rows)",
+         cases=(((2, 7, 2, 3), (2, 8, 2, 3), (2, 2, 7, 8), None, "lengths"),),
+         settings="local_window_size=(2, 1), block_size=(2, 3), query/key_value_seq_lengths",
+         checks=_OPTION_CHECKS),
 )
 
 
@@ -679,10 +796,11 @@ EXTREMES: tuple[Extreme, ...] = (
             lambda t: optax.kl_divergence(jnp.log(jnp.full_like(t, 1 / 3)), t), "optax.kl_divergence",
             lambda t: jnp.sum(jnp.where(t > 0, t * (jnp.log(jnp.where(t > 0, t, 1)) + jnp.log(3.0)), 0), -1),
             ((0.0, 0.5, 0.5),)),
-    Extreme("dot_product_attention (value; a fully masked row gives 0)",
+    Extreme("dot_product_attention (value; a row that sees no key averages the values, as jax.nn)",
             lambda v: jr.dot_product_attention(jnp.ones_like(v), jnp.ones_like(v), v, mask=np.zeros(2, bool)),
-            lambda v: plain_attention(jnp.ones_like(v), jnp.ones_like(v), v, mask=np.zeros(2, bool)),
-            "softmax(where(mask, QKᵀ/√d, −∞)) V", lambda v: 0 * v, ((((1.0, 2.0),), ((3.0, 4.0),)),)),
+            lambda v: jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(jnp.full((1, 1, 2, 2), -jnp.inf), axis=-1), v),
+            "softmax(where(mask, QKᵀ/√d, −∞)) V", lambda v: jax.nn.dot_product_attention(
+                jnp.ones_like(v), jnp.ones_like(v), v, mask=np.zeros(2, bool)), ((((1.0, 2.0),), ((3.0, 4.0),)),)),
     Extreme("relu (NaN in)", jr.relu, jax.nn.relu, "jax.nn.relu", lambda x: x * jnp.nan, (jnp.nan,), nan=True),
 )
 

@@ -205,12 +205,20 @@ def binary(draw):
 def linear_xent(draw):
     n, d, v = draw(st.integers(0, 6)), draw(st.integers(1, SIDE)), draw(st.integers(1, 9))
     bias, masked = draw(st.booleans()), draw(st.booleans())
-    chunk = draw(st.one_of(st.none(), st.integers(1, 10)))
+    options = dict(chunk_size=draw(st.one_of(st.none(), st.integers(1, 10))),
+                   reduction=draw(st.sampled_from(["none", "mean", "sum"])),
+                   label_smoothing=draw(st.sampled_from([0.0, 0.1, 1.0])), z_loss=draw(st.sampled_from([0.0, 1e-2])),
+                   logit_softcap=draw(st.sampled_from([None, 2.0, 30.0])))
+    if options["reduction"] == "mean" and (n == 0 or masked):
+        masked = False  # a mean over no rows is NaN, and finite differences of NaN say nothing
+        n = max(n, 1)
 
     def fn(x, W, c, b, w=None):
-        return jr.linear_softmax_cross_entropy(x, W, c, b, where=w, chunk_size=chunk)
-    return Example(fn, catalog._linear_xent_reference, catalog._linear_xent_sample, (n, d, v, bias, masked),
-                   f"linear_softmax_cross_entropy N={n} D={d} V={v} bias={bias} where={masked} chunk_size={chunk}")
+        return jr.linear_softmax_cross_entropy(x, W, c, b, where=w, **options)
+    reference = catalog.linear_xent_reference(**{k: o for k, o in options.items() if k != "chunk_size"})
+    return Example(fn, lambda x, W, c, b, w=None: reference(x, W, c, b, w), catalog._linear_xent_sample,
+                   (n, d, v, bias, masked), f"linear_softmax_cross_entropy N={n} D={d} V={v} bias={bias} "
+                   f"where={masked} {options}")
 
 
 @st.composite
@@ -224,18 +232,18 @@ def attention(draw):
         q_shape, kv_shape, full = q_shape[1:], kv_shape[1:], full[1:]
     fits = lambda sh: all(d in (1, f) for d, f in zip(sh[::-1], full[::-1]))  # noqa: E731
     bias = draw(st.one_of(st.none(), hnp.broadcastable_shapes(full, min_dims=2, max_dims=len(full)).filter(fits)))
-    # masks keep key 0 of every row (fully masked rows are tested on their own), so they span the keys
+    # masks keep key 0 of every row unless rows are drawn empty, so they span the keys
     mask = draw(st.one_of(st.none(), hnp.broadcastable_shapes(full, min_dims=2, max_dims=len(full))
                           .filter(lambda m: fits(m) and m[-1] == s)))
-    causal = draw(st.booleans())
-    block, scale = draw(st.integers(1, 6)), draw(st.one_of(st.none(), st.floats(0.1, 2.0)))
-    settings = dict(scale=scale, is_causal=causal)
-
-    def fn(q, k, v, bias, mask):
-        return jr.dot_product_attention(q, k, v, bias, mask, block_size=block, **settings)
-    return Example(fn, partial(catalog.plain_attention, **settings), catalog._attention_sample,
-                   (q_shape, kv_shape, bias, mask), f"dot_product_attention q {q_shape} kv {kv_shape} bias {bias} "
-                   f"mask {mask} {settings} block_size={block}")
+    extra = draw(st.sampled_from(["", "lengths"] + (["empty rows"] if mask is not None else [])))
+    window = draw(st.one_of(st.none(), st.integers(0, 3), st.tuples(st.integers(0, 3), st.integers(0, 3))))
+    block = draw(st.one_of(st.none(), st.integers(1, 6), st.tuples(st.integers(1, 6), st.integers(1, 6))))
+    settings = dict(scale=draw(st.one_of(st.none(), st.floats(0.1, 2.0))), is_causal=draw(st.booleans()),
+                    local_window_size=window, return_residual=draw(st.booleans()))
+    case = (q_shape, kv_shape, bias, mask) + ((extra,) if extra else ())
+    return Example(catalog._attention({**settings, "block_size": block}), catalog.attention_reference(**settings),
+                   catalog._attention_sample, case, f"dot_product_attention q {q_shape} kv {kv_shape} bias {bias} "
+                   f"mask {mask} {extra} {settings} block_size={block}")
 
 
 # --- normalization and transformer blocks ------------------------------------------------------

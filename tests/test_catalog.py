@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 import jaxrules as jr
-from jaxrules import activations, arithmetic, catalog, fused, linear, losses, normalization, pooling, transformer
+from jaxrules import (activations, arithmetic, attention, catalog, cross_entropy, linear, losses,
+                      normalization, pooling, transformer)
 from jaxrules.testing import check_rule
 
 RULES = catalog.RULES
 # jaxrules.softmax the module is shadowed by jr.softmax the function in the package namespace
-MODULES = [activations, arithmetic, linear, importlib.import_module("jaxrules.softmax"), pooling, losses, fused,
-           normalization, transformer]
+MODULES = [activations, arithmetic, linear, importlib.import_module("jaxrules.softmax"), pooling, losses, attention,
+           cross_entropy, normalization, transformer]
 
 
 # float64: every row, every case. float32: the main case of the rows other than the activations

@@ -36,9 +36,7 @@ def test_every_shared_name_is_listed():
         assert n in SHARED
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="issue 18 adds its "
-                                                                          "arguments")) if n == "dot_product_attention"
-                                  else n for n in SHARED])
+@pytest.mark.parametrize("name", SHARED)
 def test_signature_is_the_originals(name):
     """The original's parameters in order, with their kinds and defaults; ours after them, keyword-only."""
     ours = list(inspect.signature(getattr(jr, name)).parameters.values())

@@ -108,6 +108,39 @@ BAD = {
                 r"^linear_softmax_cross_entropy: x must have shape \(N, D\) and W shape \(D, V\)"),
     "fused chunk": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32), chunk_size=0),
                     ValueError, r"^linear_softmax_cross_entropy: chunk_size must be a positive int"),
+    "fused reduction": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32),
+                                                                reduction="avg"), ValueError,
+                        r"^linear_softmax_cross_entropy: reduction must be one of \('none', 'mean', 'sum'\), got 'avg'"),
+    "fused smoothing": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32),
+                                                                label_smoothing=1.5), ValueError,
+                        r"^linear_softmax_cross_entropy: label_smoothing must be <= 1"),
+    "fused z_loss": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32), z_loss=-1.0),
+                     ValueError, r"^linear_softmax_cross_entropy: z_loss must be >= 0"),
+    "fused softcap": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32),
+                                                              logit_softcap=0.0), ValueError,
+                      r"^linear_softmax_cross_entropy: logit_softcap must be > 0"),
+    "fused softcap array": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32),
+                                                                    logit_softcap=jnp.ones(2)), TypeError,
+                            r"^linear_softmax_cross_entropy: logit_softcap is a static setting"),
+    "fused where": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32),
+                                                            where=jnp.ones(2)), ValueError,
+                    r"^linear_softmax_cross_entropy: where must be a boolean mask of shape \(2,\)"),
+    "fused bias": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 4)), jnp.zeros(2, jnp.int32), jnp.ones(3)),
+                   ValueError, r"^linear_softmax_cross_entropy: b must have shape \(4,\)"),
+    "fused no classes": (lambda: jr.linear_softmax_cross_entropy(X, jnp.ones((3, 0)), jnp.zeros(2, jnp.int32)),
+                         ValueError, r"^linear_softmax_cross_entropy: W has no columns"),
+    "attention window": (lambda: jr.dot_product_attention(Q, Q, Q, local_window_size=(1,)), TypeError,
+                         r"^dot_product_attention: local_window_size must be an int or a pair of ints"),
+    "attention block": (lambda: jr.dot_product_attention(Q, Q, Q, block_size=(0, 4)), ValueError,
+                        r"^dot_product_attention: block_size must be positive"),
+    "attention implementation": (lambda: jr.dot_product_attention(Q, Q, Q, implementation="flash"), ValueError,
+                                 r"^dot_product_attention: implementation must be None, 'xla' or 'cudnn'"),
+    "attention lengths": (lambda: jr.dot_product_attention(Q, Q, Q, query_seq_lengths=jnp.ones(1)), ValueError,
+                          r"^dot_product_attention: query_seq_lengths must be an integer array of shape \(batch,\)"),
+    "attention lengths shape": (lambda: jr.dot_product_attention(Q, Q, Q, key_value_seq_lengths=jnp.ones(3, jnp.int32)),
+                                ValueError, r"^dot_product_attention: key_value_seq_lengths must be an integer array"),
+    "attention residual": (lambda: jr.dot_product_attention(Q, Q, Q, return_residual="yes"), TypeError,
+                           r"^dot_product_attention: return_residual must be a bool"),
     "attention heads": (lambda: jr.dot_product_attention(jnp.ones((1, 2, 3, 4)), Q, Q), ValueError,
                         r"^dot_product_attention: key and value must have shape"),
     "attention dtype": (lambda: jr.dot_product_attention(Q.astype(jnp.int32), Q, Q), TypeError,
@@ -123,6 +156,11 @@ BAD = {
     "B cotangent count": (lambda: jr.B(jr.sigmoid, (X,), (X, X)), TypeError,
                           r"^pullback of sigmoid: expected 1 cotangent\(s\), one per output, got 2"),
 }
+
+
+if jax.default_backend() != "gpu":  # on a GPU, implementation="cudnn" is jax.nn's cuDNN kernel
+    BAD["attention cudnn off a GPU"] = (lambda: jr.dot_product_attention(Q, Q, Q, implementation="cudnn"), ValueError,
+                                        r"^dot_product_attention: implementation='cudnn' needs a CUDA GPU")
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
