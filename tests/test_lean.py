@@ -98,6 +98,10 @@ ATTENTIONS = {
     "jax.nn causal": lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, is_causal=True),
     "jax.nn mask, bias, scale": lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, BIAS, m, scale=0.3),
     "jax.nn unbatched": lambda q, k, v, m: jax.nn.dot_product_attention(q[0], k[0], v[0], is_causal=True),
+    "jax.nn lengths": lambda q, k, v, m: jax.nn.dot_product_attention(
+        q, k, v, mask=m, query_seq_lengths=jnp.array([T, 5], jnp.int32),
+        key_value_seq_lengths=jnp.array([3, T], jnp.int32)),
+    "jax.nn grouped kv heads": lambda q, k, v, m: jax.nn.dot_product_attention(q, k[:, :, :1], v[:, :, :1], mask=m),
     "hand, causal -inf": lambda q, k, v, m: hand_attention(q, k, v),
     "hand, traced mask, finfo.min": lambda q, k, v, m: hand_attention(q, k, v, jnp.finfo(F32).min, m),
 }

@@ -22,11 +22,13 @@ Two forms, measured on jax 0.10.2, flax 0.12.8 and equinox 0.13.8:
   way, an unknown fill value) leaves the attention, softmax included, exactly as it was.
 
 Masks. jax.nn and the frameworks fill masked scores with a finite number, so a query row whose keys
-are all masked gets the mean of the values (with ``-inf``, NaN); ``jr.dot_product_attention`` gives
-zeros there. lean reproduces the original: where the mask is known when tracing (a causal mask made
-from ``iota``, a constant) it is read, a causal one becomes ``is_causal=True`` and a mask with no
-empty row needs nothing; otherwise the empty rows are found at run time and given the original's
-value.
+are all masked gets the mean of the values, as ``jr.dot_product_attention`` gives it; with a
+``-inf`` fill such a row is NaN, and its gradient NaN everywhere, which the rule does not reproduce:
+there lean replaces only a mask it can read when tracing (a causal mask made from ``iota``, a
+constant) and finds no empty row in. A mask known to be causal becomes ``is_causal=True``.
+
+``jax.nn.dot_product_attention``'s ``query_seq_lengths`` and ``key_value_seq_lengths`` are passed
+on; a ``local_window_size`` is not read (such an attention is left as it was).
 """
 
 from __future__ import annotations
@@ -52,46 +54,37 @@ def _causal(t: int, s: int) -> np.ndarray:
     return np.tril(np.ones((t, s), bool))
 
 
-def _read_mask(m4: np.ndarray | None, causal: bool, t: int, s: int) -> tuple[str, bool]:
-    """('causal' | 'mask', empty rows possible) for a known 4-d mask (B|1, N|1, T, S)."""
-    if m4 is None:
-        return "none", False
+def _read_mask(m4: np.ndarray, causal: bool, t: int, s: int) -> tuple[str, bool]:
+    """('causal' | 'mask', a query row may see no key) for a known 4-d mask (B|1, N|1, T, S)."""
     live = m4 & _causal(t, s) if causal else m4
     if np.array_equal(np.broadcast_to(m4, live.shape), np.broadcast_to(_causal(t, s), live.shape)):
         return "causal", False
     return "mask", bool(np.any(~np.any(live, axis=-1)))
 
 
-def _empty_rows(out: Any, v: Any, live: Any, fill: str) -> Any:
-    """out (B, T, N, H) with the original's value at query rows where live (B|1, N|1, T, S) is all False:
-    the mean of v over the keys (a finite fill makes the softmax uniform) or NaN (a -inf fill)."""
-    dead = ~jnp.any(live, axis=-1)                                # (B|1, N|1, T)
-    dead = jnp.swapaxes(dead, 1, 2)[..., None]                    # (B|1, T, N|1, 1)
-    if fill == "nan":
-        return jnp.where(dead, jnp.nan, out).astype(out.dtype)
-    groups = out.shape[2] // v.shape[2]
-    mean = jnp.mean(v.astype(jnp.promote_types(v.dtype, jnp.float32)), axis=1, keepdims=True)  # (B, 1, K, H)
-    if groups > 1:
-        mean = jnp.repeat(mean, groups, axis=2)
-    return jnp.where(dead, mean.astype(out.dtype), out)
-
-
 # --- jax.nn.dot_product_attention ----------------------------------------------------------------
 
-_VARIANTS = list(itertools.product((False, True), (False, True), (False, True)))  # bias, mask, causal
+#: (bias, mask, is_causal, query_seq_lengths, key_value_seq_lengths) combinations tried
+_VARIANTS = ([(b, m, c, False, False) for b, m, c in itertools.product((False, True), repeat=3)]
+             + [(False, m, c, ql, kl) for m, c, ql, kl in itertools.product((False, True), repeat=4) if ql or kl])
 
 
-def _dpa(scale: float | None, causal: bool, has_bias: bool, has_mask: bool):
+def _dpa(scale: float | None, variant: tuple):
+    has_bias, has_mask, causal, has_ql, has_kl = variant
+
     def f(q, k, v, *rest):
         it = iter(rest)
         bias = next(it) if has_bias else None
         mask = next(it) if has_mask else None
-        return jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=causal,
-                                            implementation="xla")
+        ql = next(it) if has_ql else None
+        kl = next(it) if has_kl else None
+        return jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=causal, query_seq_lengths=ql,
+                                            key_value_seq_lengths=kl, implementation="xla")
     return f
 
 
-def _probe_avals(y: Any, has_bias: bool, has_mask: bool) -> list:
+def _probe_avals(y: Any, variant: tuple) -> list:
+    has_bias, has_mask, _, has_ql, has_kl = variant
     q = struct(y)
     if len(y.shape) == 4:
         full = (y.shape[0], y.shape[2], y.shape[1], y.shape[1])
@@ -102,6 +95,7 @@ def _probe_avals(y: Any, has_bias: bool, has_mask: bool) -> list:
         out.append(jax.ShapeDtypeStruct(full, y.dtype))
     if has_mask:
         out.append(jax.ShapeDtypeStruct(full, jnp.bool_))
+    out += [jax.ShapeDtypeStruct(y.shape[:1], jnp.int32)] * (int(has_ql) + int(has_kl))
     return out
 
 
@@ -109,11 +103,11 @@ def _dpa_anchor() -> set[str]:
     names = set()
     for nd in (3, 4):
         y = jax.ShapeDtypeStruct((2, 5, 3, 4)[4 - nd:], jnp.float32)
-        for hb, hm, c in _VARIANTS:
+        for variant in _VARIANTS:
             try:
-                prog = _ir.trace(_dpa(None, c, hb, hm), *_probe_avals(y, hb, hm))
+                prog = _ir.trace(_dpa(None, variant), *_probe_avals(y, variant))
                 names.add(prog.outs[0].node.name)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - jax.nn refuses sequence lengths without a batch axis
                 pass
     return names or {"reshape"}
 
@@ -125,27 +119,27 @@ def find_jax_nn_attention(node: Node) -> Match | None:
         return None
     if not _weighted_sum_of_softmax(y):
         return None
-    for has_bias, has_mask, causal in _VARIANTS:
-        probe = template(("dpa-probe", has_bias, has_mask, causal, rank_key(y)), _dpa(None, causal, has_bias, has_mask),
-                         *_probe_avals(stand_in(y), has_bias, has_mask))
-        b = skeleton(probe, y)
-        if b is None:
+    for variant in _VARIANTS:
+        if y.aval.ndim == 3 and (variant[3] or variant[4]):
             continue
-        if any(v is None for v in b.inputs(probe)):
+        probe = template(("dpa-probe", variant, rank_key(y)), _dpa(None, variant),
+                         *_probe_avals(stand_in(y), variant))
+        b = skeleton(probe, y)
+        if b is None or any(v is None for v in b.inputs(probe)):
             continue
         scales = [None] + sorted({float(w.const) for n in b.nodes.values() if n.name == "mul"
                                   for w in n.ins if w.literal and np.ndim(w.const) == 0})
         for ins in peels(b.inputs(probe)):
             for scale in scales:
-                key = ("dpa", has_bias, has_mask, causal, scale, tuple(aval_key(v) for v in ins))
-                tmpl = template(key, _dpa(scale, causal, has_bias, has_mask), *[struct(v) for v in ins])
+                key = ("dpa", variant, scale, tuple(aval_key(v) for v in ins))
+                tmpl = template(key, _dpa(scale, variant), *[struct(v) for v in ins])
                 bb = exact(tmpl, y)
                 if bb is None or any(bb.values.get(t) is not g for t, g in zip(tmpl.ins, ins)):
                     continue
                 nodes = closed(set(bb.nodes.values()), [y])
                 if nodes is None:
                     return None
-                return _nn_match(nodes, ins, y, scale, causal, has_bias, has_mask)
+                return _nn_match(nodes, ins, y, scale, variant)
     return None
 
 
@@ -156,43 +150,44 @@ def _through_layout(v: Value) -> Value:
 
 
 def _weighted_sum_of_softmax(y: Value) -> bool:
-    """y is, up to layout, a product of which one factor is, up to layout, a quotient (a softmax):
-    a cheap test before tracing jax.nn's attention for a candidate."""
-    n = _through_layout(y).node
-    return n is not None and n.name == "dot_general" and any(
-        (w := _through_layout(i)).node is not None and w.node.name == "div" for i in n.ins)
+    """y is, up to layout and products (jax.nn masks rows past the query lengths by one), a product of
+    which one factor is, up to layout, a quotient (a softmax): a cheap test before tracing jax.nn's
+    attention for a candidate."""
+    todo = [y]
+    for _ in range(6):
+        nxt = []
+        for v in todo:
+            n = _through_layout(v).node
+            if n is None:
+                continue
+            if n.name == "dot_general":
+                if any((w := _through_layout(i)).node is not None and w.node.name == "div" for i in n.ins):
+                    return True
+            elif n.name == "mul":
+                nxt.extend(n.ins)
+        todo = nxt
+    return False
 
 
-def _nn_match(nodes, ins, y, scale, causal, has_bias, has_mask) -> Match:
-    mask_v = ins[-1] if has_mask else None
+def _nn_match(nodes, ins, y, scale, variant) -> Match:
+    has_bias, has_mask, causal, has_ql, has_kl = variant
     q, k = ins[0].aval, ins[1].aval
-    t, s = q.shape[-3], k.shape[-3]
-    mode, empty = "none", has_mask
-    if has_mask:
-        m = fold(mask_v)
+    drop_mask = False
+    if has_mask:  # a causal mask known when tracing: is_causal, and no mask to keep
+        m = fold(ins[4 if has_bias else 3])
         if m is not None:
-            m4 = m.reshape((1,) * (4 - m.ndim) + m.shape)
-            mode, empty = _read_mask(m4, causal, t, s)
-    use_causal = causal or mode == "causal"
-    drop_mask = mode == "causal"
+            drop_mask = _read_mask(m.reshape((1,) * (4 - m.ndim) + m.shape), causal, q.shape[-3], k.shape[-3])[0] \
+                == "causal"
 
     def emit(qv, kv, vv, *rest):
         it = iter(rest)
         bias = next(it) if has_bias else None
         mask = next(it) if has_mask else None
-        if drop_mask:
-            mask = None
-        out = jr.dot_product_attention(qv, kv, vv, bias, mask, scale=scale, is_causal=use_causal)
-        if mask is not None and empty:
-            squeeze = out.ndim == 3
-            o4, v4 = (out[None], vv[None]) if squeeze else (out, vv)
-            m4 = jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
-            live = m4 & _causal(t, s) if causal else m4
-            out = _empty_rows(o4, v4, live, "mean")
-            out = out[0] if squeeze else out
-        return [out]
-    return Match("dot_product_attention", nodes, list(ins), [y], emit,
-                 key=("jax.nn", scale, causal, has_bias, has_mask, mode, empty))
+        ql = next(it) if has_ql else None
+        kl = next(it) if has_kl else None
+        return [jr.dot_product_attention(qv, kv, vv, bias, None if drop_mask else mask, scale=scale,
+                                         is_causal=causal or drop_mask, query_seq_lengths=ql, key_value_seq_lengths=kl)]
+    return Match("dot_product_attention", nodes, list(ins), [y], emit, key=("jax.nn", scale, variant, drop_mask))
 
 
 # --- scores, softmax, weighted sum -------------------------------------------------------------
@@ -414,7 +409,7 @@ def _layout(node, y, qk, nodes, p_side, pc, vc, pb, vb, s_axis, score_rank, mask
     # the weighted sum's axes: the score batch axes in pb order, then its left operand's free axis, the right's
     out_axes = list(pb) + ([nb, nb + 1] if p_side == 0 else [nb + 1, nb])
     to4 = _to4(nb, t_axis, s_axis)
-    mode, empty = "none", False
+    mode = "none"
     if mask is not None:
         mode, empty = "mask", True
         mval = fold(msrc[0])
@@ -422,7 +417,7 @@ def _layout(node, y, qk, nodes, p_side, pc, vc, pb, vb, s_axis, score_rank, mask
             m4 = to4(_expand_np(mval, msrc[1], score_rank))
             mode, empty = _read_mask(~m4 if negate else m4, False, T, S)
         if empty and fill == "nan":
-            # a -inf fill on rows that may have no key: the original's output is NaN there and its
+            # a -inf fill on rows that may see no key: the original's output is NaN there and its
             # gradient NaN everywhere; lean does not reproduce that, it leaves the attention alone
             return None
 
@@ -442,13 +437,11 @@ def _layout(node, y, qk, nodes, p_side, pc, vc, pb, vb, s_axis, score_rank, mask
         vc4 = canon(vv, v_perm)
         out = jr.dot_product_attention(canon(qv, q_perm), canon(kv, k_perm), vc4, b4, None if causal else m4,
                                        scale=float(scale), is_causal=causal)
-        if m4 is not None and not causal and empty:
-            out = _empty_rows(out, vc4, m4, fill)
         out = jnp.swapaxes(out, 1, 2)                      # (B, N, T, H)
         out = out.reshape(out.shape[2 - nb:])              # (batch..., T, H)
         return [jnp.transpose(out, out_axes).astype(y.aval.dtype)]
     return Match("dot_product_attention", group, inputs, [y], emit,
-                 key=("generic", p_side, tuple(q_perm), tuple(k_perm), tuple(v_perm), tuple(out_axes), mode, empty,
+                 key=("generic", p_side, tuple(q_perm), tuple(k_perm), tuple(v_perm), tuple(out_axes), mode,
                       negate, fill, float(scale), nb, t_axis, s_axis,
                       None if msrc is None else tuple(msrc[1]), None if bsrc is None else tuple(bsrc[1])))
 
