@@ -24,8 +24,8 @@ import optax
 import jaxrules as jr
 from jaxrules.lean import _ir
 from jaxrules.lean._ir import Node, Value
-from jaxrules.lean._match import (Match, aval_key, exact, group, last_axis_vector, only_use, peels, rank_key,
-                                  skeleton, stand_in, struct, template)
+from jaxrules.lean._match import (Match, aval_key, closed, exact, group, last_axis_vector, only_use, peels,
+                                  rank_key, skeleton, stand_in, struct, template)
 from jaxrules.lean.rewrite import register
 
 _V = 7  # stand-in number of classes for the skeleton
@@ -53,6 +53,24 @@ _PROBE = (jax.ShapeDtypeStruct((3, _V), jnp.float32), jax.ShapeDtypeStruct((3,),
 @register(*_anchor(_int_ce, *_PROBE[:2]), *_anchor(_int_ce, *_PROBE))
 def find_integer_cross_entropy(node: Node) -> Match | None:
     """optax's integer-label cross-entropy (optionally with a per-example ``where``)."""
+    found = _integer_cross_entropy(node)
+    if found is None:
+        return None
+    y, nodes, ins = found
+    logits, labels = ins[:2]
+    where = ins[2] if len(ins) > 2 else None
+    v = logits.aval.shape[-1]
+    fused = _linear(logits, nodes)
+    if fused is not None:
+        return _fused_match(y, y, nodes | fused[0], labels, where, v, *fused[1:])
+
+    def emit(z, c, w=None):
+        return [jr.softmax_cross_entropy_with_integer_labels(z, _wrap(c, v), where=w)]
+    return Match("softmax_cross_entropy_with_integer_labels", nodes, ins, [y], emit, key=("ice", where is not None))
+
+
+def _integer_cross_entropy(node: Node) -> tuple[Value, set, list] | None:
+    """(output, nodes, [logits, labels(, where)]) if node ends optax's integer-label cross-entropy."""
     y = node.outs[0]
     if len(node.outs) != 1 or not jnp.issubdtype(y.aval.dtype, jnp.floating):
         return None
@@ -75,24 +93,13 @@ def find_integer_cross_entropy(node: Node) -> Match | None:
             bb = exact(tmpl, y)
             if bb is not None and all(bb.values.get(t) is g for t, g in zip(tmpl.ins, ins)):
                 nodes = group(bb, [y])
-                return None if nodes is None else _ce_match(y, nodes, list(ins))
+                return None if nodes is None else (y, nodes, list(ins))
     return None
 
 
-def _ce_match(y: Value, nodes: set, ins: list) -> Match:
-    logits, labels = ins[:2]
-    where = ins[2] if len(ins) > 2 else None
-    v = logits.aval.shape[-1]
-    fused = _linear(logits, nodes)
-    if fused is not None:
-        return _fused_match(y, nodes | fused[0], labels, where, v, *fused[1:])
-
-    def emit(z, c, w=None):
-        return [jr.softmax_cross_entropy_with_integer_labels(z, _wrap(c, v), where=w)]
-    return Match("softmax_cross_entropy_with_integer_labels", nodes, ins, [y], emit, key=("ice", where is not None))
-
-
-def _fused_match(y, nodes, labels, where, v, a, w, w_axis, bias) -> Match:
+def _fused_match(y, out, nodes, labels, where, v, a, w, w_axis, bias, reduction="none") -> Match:
+    """The fused rule for the cross-entropy y (per example) whose value ``out`` (y itself, or its mean or
+    sum) the group computes."""
     d = a.aval.shape[-1]
     inputs = [a, w, labels] + ([where] if where is not None else []) + ([bias] if bias is not None else [])
 
@@ -103,10 +110,81 @@ def _fused_match(y, nodes, labels, where, v, a, w, w_axis, bias) -> Match:
         x2 = x.reshape(-1, d)
         W2 = W if w_axis == 0 else W.T
         loss = jr.linear_softmax_cross_entropy(x2, W2, _wrap(c.reshape(-1), v), None if b is None else b.reshape(v),
-                                               where=None if m is None else m.reshape(-1))
-        return [loss.reshape(y.aval.shape).astype(y.aval.dtype)]
-    return Match("linear_softmax_cross_entropy", nodes, inputs, [y], emit,
-                 key=("lsce", w_axis, bias is not None, where is not None))
+                                               where=None if m is None else m.reshape(-1), reduction=reduction,
+                                               chunk_size=chunk_rows(x2.shape[0], v))
+        return [loss.reshape(out.aval.shape).astype(out.aval.dtype)]
+    return Match("linear_softmax_cross_entropy", nodes, inputs, [out], emit,
+                 key=("lsce", w_axis, bias is not None, where is not None, reduction))
+
+
+#: logits per chunk lean asks the fused rule for: 4M (16 MB in float32). The rule's default (16M, at
+#: least 128 and at most 2048 rows) holds every row of a 2048 × 8192 head at once, which saves nothing
+#: in a model's step (0.71x of stock memory where 512-row chunks give 0.44x); 512 rows is also where
+#: the chunk's products reach full speed (FINDINGS.md).
+CHUNK_LOGITS = 1 << 22
+
+
+def chunk_rows(n: int, v: int) -> int:
+    """Rows per chunk of the fused cross-entropy: about CHUNK_LOGITS logits, 128 to 2048 rows."""
+    return max(128, min(2048, CHUNK_LOGITS // max(v, 1)))
+
+
+# --- the loss's mean or sum: the fused rule's reduction ------------------------------------------
+
+def _reductions() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for name, f in (("mean", jnp.mean), ("sum", jnp.sum)):
+        for dtype in (jnp.float32, jnp.bfloat16):
+            out.setdefault(name, set()).update(_anchor(f, jax.ShapeDtypeStruct((2, 3), dtype)))
+    return out
+
+
+_REDUCE = {"mean": jnp.mean, "sum": jnp.sum}
+
+
+@register(*set().union(*_reductions().values()))
+def find_reduced_cross_entropy(node: Node) -> Match | None:
+    """jnp.mean or jnp.sum (over every axis) of the fused cross-entropy → its ``reduction``. A mean of
+    losses masked by ``where`` divides by every example, the rule's by the kept ones: left per example."""
+    out = node.outs[0]
+    if len(node.outs) != 1 or out.aval.ndim != 0 or not jnp.issubdtype(out.aval.dtype, jnp.floating):
+        return None
+    n = node
+    for _ in range(3):  # the reduce_sum is the anchor, or a cast or division away from it
+        if n.name == "reduce_sum":
+            break
+        n = next((i.node for i in n.ins if i.node is not None and not i.known), None)
+        if n is None:
+            return None
+    else:
+        return None
+    y = n.ins[0]
+    if y.node is None:
+        return None
+    for reduction, f in _REDUCE.items():
+        tmpl = template(("reduce", reduction, aval_key(y)), f, struct(y))
+        bb = exact(tmpl, out)
+        if bb is None or bb.values.get(tmpl.ins[0]) is not y:
+            continue
+        red = set(bb.nodes.values())
+        if not only_use(y, red):
+            return None
+        found = _integer_cross_entropy(y.node)
+        if found is None or found[0] is not y:
+            return None
+        _, nodes, ins = found
+        logits, labels = ins[:2]
+        where = ins[2] if len(ins) > 2 else None
+        if where is not None and reduction == "mean":
+            return None
+        fused = _linear(logits, nodes)
+        if fused is None:
+            return None
+        group_ = closed(nodes | fused[0] | red, [out])
+        if group_ is None:
+            return None
+        return _fused_match(y, out, group_, labels, where, logits.aval.shape[-1], *fused[1:], reduction=reduction)
+    return None
 
 
 def _linear(logits: Value, ce: set) -> tuple | None:
