@@ -34,6 +34,7 @@ from jaxrules.arithmetic import subtract as subtract
 from jaxrules.attention import dot_product_attention as dot_product_attention
 from jaxrules.cross_entropy import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jaxrules.forward import forward_mode as forward_mode
+from jaxrules.lean import lean as lean
 from jaxrules.linear import conv as conv
 from jaxrules.linear import dense as dense
 from jaxrules.linear import matmul as matmul
