@@ -16,6 +16,9 @@ Tables (``--only`` picks some):
   gradients agree; XLA temp memory of ``jit(value_and_grad(loss))`` and the step-time ratio at B=4,
   T=1024, D=256, 4 layers, 4 heads, V=8192; temp memory alone (compiled, never run) at T=4096,
   V=32768; and the longest power-of-two context whose temp memory fits in 4 GB.
+* ``lean``: ``jr.lean`` on stock models of Flax NNX (also with its layers under ``nnx.scan``), flax
+  linen, Equinox and plain JAX (2 layers, B=4, T=512, D=256, 4 heads, V=8192): replacements, XLA temp
+  memory, step time and trace + compile time against the stock model, and the gradients' agreement.
 
 Times, where a table has them, are medians of ratios of interleaved runs on this (shared, noisy)
 machine, never a single absolute time.

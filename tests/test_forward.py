@@ -53,8 +53,8 @@ def test_hessian_of_an_mlp_loss_equals_jax_nn_and_optax_in_float64():
         theirs = lambda p: _loss(_Theirs, unravel(p), x, labels)  # noqa: E731
         with jr.forward_mode():
             h = jax.jit(jax.hessian(ours))(flat)
-            jac = jax.jacfwd(jax.grad(ours))(flat)
-        h_ref = jax.hessian(theirs)(flat)
+            jac = jax.jit(jax.jacfwd(jax.grad(ours)))(flat)
+        h_ref = jax.jit(jax.hessian(theirs))(flat)
         np.testing.assert_allclose(h, h_ref, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(jac, h_ref, rtol=1e-10, atol=1e-12)
         assert np.abs(h_ref).max() > 1e-2  # not trivially zero
