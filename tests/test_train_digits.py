@@ -178,24 +178,28 @@ def test_bad_flags_are_clear_errors(capsys):
 
 
 def test_two_devices_equal_one_device_in_a_subprocess(tmp_path):
+    """The command line on 1 and on 2 devices (one process with two host devices: XLA's flag must be
+    set before JAX starts), then the 2-device epoch's compiled program: XLA all-reduces the gradients."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    runs = {}
-    for n in (1, 2):
-        out = tmp_path / f"h{n}.json"
-        r = subprocess.run([sys.executable, str(SCRIPT), "--epochs", "3", "--devices", str(n), "--history", str(out),
-                            "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        assert f"{n} device(s)" in r.stdout
-        runs[n] = json.loads(out.read_text())["loss"]
-    np.testing.assert_allclose(runs[2], runs[1], rtol=0, atol=1e-5)
-    # and the 2-device epoch really is partitioned: XLA all-reduces the gradients
-    probe = (f"import sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); import os; "
-             "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'; import jax, train_digits as td; "
-             "from jax.sharding import NamedSharding, PartitionSpec as P; "
-             "cfg = td.Config(epochs=1); tx = td.optimizer(cfg); p = td.init(cfg, (8, 8), jax.random.key(0)); "
-             "mesh = jax.make_mesh((2,), ('batch',), axis_types=(jax.sharding.AxisType.Auto,)); "
-             "d = td.load_sklearn_digits(0); f = td.make_epoch(cfg, tx, len(d.x_train), mesh); "
-             "args = jax.device_put((p, tx.init(p), d.x_train, d.y_train), NamedSharding(mesh, P())); "
-             "print('all-reduce' in f.lower(*args, jax.random.key(1)).compile().as_text())")
+    probe = f"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, {str(SCRIPT.parent)!r})
+import train_digits as td
+for n in (1, 2):
+    assert td.main(["--epochs", "3", "--devices", str(n), "--history", {str(tmp_path)!r} + f"/h{{n}}.json",
+                    "--no-progress"]) == 0
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+cfg = td.Config(epochs=1); tx = td.optimizer(cfg); p = td.init(cfg, (8, 8), jax.random.key(0))
+mesh = jax.make_mesh((2,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+d = td.load_sklearn_digits(0); f = td.make_epoch(cfg, tx, len(d.x_train), mesh)
+args = jax.device_put((p, tx.init(p), d.x_train, d.y_train), NamedSharding(mesh, P()))
+print("all-reduce" in f.lower(*args, jax.random.key(1)).compile().as_text())
+"""
     r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
-    assert r.stdout.strip() == "True", r.stderr
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 device(s)" in r.stdout and "2 device(s)" in r.stdout, r.stdout
+    assert r.stdout.split()[-1] == "True", r.stdout
+    runs = {n: json.loads((tmp_path / f"h{n}.json").read_text())["loss"] for n in (1, 2)}
+    np.testing.assert_allclose(runs[2], runs[1], rtol=0, atol=1e-5)
