@@ -41,7 +41,39 @@ def test_rule(rule, dtype):
         checks = dict(fd=main, jit=main, vmap=main, grad_grad=main, eager=main, checkpoint=main, scan=main,
                       jvp=main, fwd_over_rev=main)
         checks |= {k: v and checks[k] for k, v in rule.checks.items()}
+        if rule.elementwise:  # its transformations: with the other elementwise rows, below
+            checks |= dict.fromkeys(TRANSFORMATIONS, False)
         check_rule(rule.fn, rule.reference, *args, name=f"{rule.id} on {case}", rtol=rtol, atol=atol, **checks)
+
+
+TRANSFORMATIONS = ("jit", "vmap", "grad_grad", "eager", "checkpoint", "scan", "jvp", "fwd_over_rev")
+ELEMENTWISE = [r for r in RULES if r.elementwise]
+
+
+def test_elementwise_rows_together_under_every_transformation():
+    """The elementwise rows (the activations) under jit, vmap, scan, checkpoint, grad of grad, forward
+    mode and op by op, as one function: X stacks every row's input, X ↦ (f₁(X₁), …, f_k(X_k)) (rrelu's
+    keys are further arguments), against the same tuple of references; check_rule compiles each check
+    once for every row, not once per row. Values, VJPs, finite differences and the other cases of each
+    row: test_rule."""
+    rows = [(r, r.sample(0, r.cases[0], jnp.float64)) for r in ELEMENTWISE]
+    assert {r.tolerance(jnp.float64) for r, _ in rows} == {rows[0][0].tolerance(jnp.float64)}
+    rtol, atol = rows[0][0].tolerance(jnp.float64)
+    X = jnp.stack([args[0] for _, args in rows])
+    rest = [a for _, args in rows for a in args[1:]]  # rrelu's keys
+    spans, start = [], 0
+    for _, args in rows:
+        spans.append(slice(start, start + len(args) - 1))
+        start += len(args) - 1
+
+    def together(which):
+        fns = [getattr(r, which) for r, _ in rows]
+        return lambda X, *rest: tuple(f(X[i], *rest[s]) for i, (f, s) in enumerate(zip(fns, spans)))
+    try:
+        check_rule(together("fn"), together("reference"), X, *rest, name="the elementwise rows together",
+                   rtol=rtol, atol=atol, fd=False, **dict.fromkeys(TRANSFORMATIONS, True))
+    except AssertionError as e:
+        raise AssertionError(f"{e}\noutputs, in order: {[r.id for r, _ in rows]}") from None
 
 
 def _public_rules():
