@@ -90,11 +90,11 @@ class _Tiles:
         self.bq, self.bk = min(block[0], T), min(block[1], S)
         self.nq, self.nk = -(-T // self.bq), -(-S // self.bk)
 
-    def q_start(self, i):
-        return jnp.minimum(i * self.bq, self.T - self.bq)
+    def q_start(self, i, xp=jnp):
+        return xp.minimum(i * self.bq, self.T - self.bq)
 
-    def k_start(self, j):
-        return jnp.minimum(j * self.bk, self.S - self.bk)
+    def k_start(self, j, xp=jnp):
+        return xp.minimum(j * self.bk, self.S - self.bk)
 
 
 class _Masking:
@@ -108,19 +108,31 @@ class _Masking:
         """Can a query row (within the query lengths) have no visible key?"""
         return self.mask is not None or self.kv_len is not None or self.window is not None
 
-    def always_full(self, tl: _Tiles, own_rows: bool) -> bool:
-        """Is every score of every tile visible (nothing masks, tiles divide the lengths)? Static."""
-        return (not self.is_causal and self.window is None and self.q_len is None and self.kv_len is None
-                and self.mask is None and tl.S % tl.bk == 0 and (not own_rows or tl.T % tl.bq == 0))
+    def dynamic(self) -> bool:
+        """Do arrays (lengths, a mask) hide scores, beyond what the static settings hide?"""
+        return self.q_len is not None or self.kv_len is not None or self.mask is not None
 
-    def tile_state(self, tl: _Tiles, b, i, j, own_rows: bool):
+    def possible_states(self, tl: _Tiles, own_rows: bool) -> tuple[int, ...]:
+        """The states tiles can take (see tile_state), known from the static geometry alone: every
+        tile's state without the lengths and the mask, which can then hide a tile (0) or part of it (2).
+        A state no tile can take needs no branch (and its code is not compiled)."""
+        static = _Masking(self.is_causal, self.window, None, None, None, None, self.scale)
+        table = static.tile_state(tl, None, *np.indices((tl.nq, tl.nk)), own_rows, xp=np)
+        states = set(np.unique(table).tolist())
+        if self.dynamic() and states - {0}:
+            states |= {0, 2}
+        return tuple(sorted(states))
+
+    def tile_state(self, tl: _Tiles, b, i, j, own_rows: bool, xp=jnp):
         """What tile (b, i, j) holds: 0 no visible score (skipped), 1 only visible scores (no mask to
-        apply), 2 some of each. Conservative: 2 where unsure. An int32 scalar."""
-        qs, ks = tl.q_start(i), tl.k_start(j)
-        r0 = jnp.maximum(qs, i * tl.bq) if own_rows else qs  # the rows and columns the tile owns
+        apply), 2 some of each. Conservative: 2 where unsure. An int32 scalar, under jax.vmap one for
+        all members (``_any_member``); or, with ``xp=np``, NumPy arrays of i and j and no lengths or
+        mask, a NumPy table."""
+        qs, ks = tl.q_start(i, xp), tl.k_start(j, xp)
+        r0 = xp.maximum(qs, i * tl.bq) if own_rows else qs  # the rows and columns the tile owns
         r1 = qs + tl.bq - 1
-        c0, c1 = jnp.maximum(ks, j * tl.bk), ks + tl.bk - 1
-        some, every = jnp.bool_(True), c0 == ks
+        c0, c1 = xp.maximum(ks, j * tl.bk), ks + tl.bk - 1
+        some, every = xp.bool_(True), c0 == ks
         if own_rows:
             every &= r0 == qs
         if self.is_causal:
@@ -136,7 +148,8 @@ class _Masking:
         if self.mask is not None:
             m = self.mask_tile(tl, b, qs, ks)
             some, every = some & jnp.any(m), every & jnp.all(m)
-        return _any_member(jnp.where(some, jnp.where(every, 1, 2), 0).astype(jnp.int32))
+        state = xp.where(some, xp.where(every, 1, 2), 0).astype(xp.int32)
+        return _any_member(state) if xp is jnp else state
 
     def mask_tile(self, tl: _Tiles, b, qs, ks):
         m = self.mask
@@ -207,12 +220,15 @@ def _exp_visible(s, shift, live):
     return jnp.where(live, jnp.exp(jnp.where(live, s - shift, 0)), 0)
 
 
-def _by_state(state, fn, skip, operand, always_full: bool):
-    """fn(operand, masked) for the tile's state (0: skip(operand), 1: unmasked, 2: masked): a
-    lax.switch, so that a skipped tile costs nothing and a whole one no mask."""
-    if always_full:
-        return fn(operand, False)
-    return lax.switch(state, [skip, lambda o: fn(o, False), lambda o: fn(o, True)], operand)
+def _by_state(state, fn, skip, operand, possible: tuple[int, ...]):
+    """fn(operand, masked) for the tile's state (0: skip(operand), 1: unmasked, 2: masked), among the
+    ``possible`` states: a lax.switch over their branches only, so that a skipped tile costs nothing
+    and a whole one no mask; no switch where one state is possible."""
+    branches = {0: skip, 1: lambda o: fn(o, False), 2: lambda o: fn(o, True)}
+    if len(possible) == 1:
+        return branches[possible[0]](operand)
+    index = sum((state > p).astype(jnp.int32) for p in possible[:-1])  # the state's place in ``possible``
+    return lax.switch(index, [branches[p] for p in possible], operand)
 
 
 def _q_tile(a, b, start, bq, K):
@@ -260,7 +276,7 @@ def _attention_forward(q, k, v, bias, mask, q_len, kv_len, scale, is_causal, win
     mk = _Masking(is_causal, window, bias, mask, q_len, kv_len, scale)
     fill = jnp.asarray(_fill(acc), acc)
     mean_v = jnp.mean(v, axis=1, dtype=acc) if mk.may_empty_rows() else None  # (B, K, H)
-    full = mk.always_full(tl, False)
+    states = mk.possible_states(tl, False)
 
     def query_tile(carry, bi):
         out, lse = carry
@@ -280,7 +296,7 @@ def _attention_forward(q, k, v, bias, mask, q_len, kv_len, scale, is_causal, win
                 l = l * corr + jnp.sum(p, axis=-1)
                 o = o * corr.reshape(K, -1, 1) + _nn(p.reshape(K, -1, tl.bk), vg, acc)
                 return m_new, l, o
-            state = _by_state(mk.tile_state(tl, b, i, j, False), visit, lambda s: s, state, full)
+            state = _by_state(mk.tile_state(tl, b, i, j, False), visit, lambda s: s, state, states)
             return state, None
 
         init = (jnp.full((K, G, tl.bq), fill, acc), jnp.zeros((K, G, tl.bq), acc), jnp.zeros((K, G * tl.bq, H), acc))
@@ -331,7 +347,7 @@ def _attention_bwd(scale, is_causal, window, block, res, cts):
     # rowsum(Ō ∘ O) − ℓ̄se: P̄'s shift, since ∂lse/∂s = P
     delta = jnp.sum(do * out.astype(acc), axis=-1) - g_lse.astype(acc)
     sc = jnp.asarray(scale, acc)
-    full = mk.always_full(tl, True)
+    states = mk.possible_states(tl, True)
 
     def key_tile(carry, bj):
         dq, dk, dv, db = carry
@@ -367,7 +383,7 @@ def _attention_bwd(scale, is_causal, window, block, res, cts):
                         None if bias is None else jnp.zeros(_bias_part_shape(bias.shape, tl), acc))
                 return _varying(outs, q, k, v, bias, mask, q_len, kv_len, g, g_lse)
 
-            dqt, dkp, dvp, dbt = _by_state(mk.tile_state(tl, b, i, j, True), visit, skip, None, full)
+            dqt, dkp, dvp, dbt = _by_state(mk.tile_state(tl, b, i, j, True), visit, skip, None, states)
             dq = _add_at(dq, dqt[None], (b, qs, 0, 0))
             if bias is not None:
                 db = _add_at(db, dbt[None], _bias_starts(bias.shape, b, qs, ks))
