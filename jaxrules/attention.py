@@ -9,7 +9,8 @@ tile's probabilities from the logsumexp and accumulates dq per query tile and dk
 What the tiles buy besides memory:
 
 * a tile that causality, the local window, the sequence lengths or the mask leave wholly masked
-  is skipped (a ``lax.cond`` around the tile's work), in the forward and in the backward;
+  is skipped (a ``lax.switch`` around the tile's work), in the forward and in the backward, and a
+  tile that nothing masks is computed without a mask;
 * grouped kv heads (K kv heads for N = K·G query heads) are read once per group and never
   repeated to the query heads: a tile's scores are (K, G, queries, keys), and dk, dv are
   accumulated per kv head (the sum over the group is part of the product);
@@ -55,19 +56,23 @@ def _dead_lse(S: int) -> float:
 
 
 @jax.custom_batching.custom_vmap
-def _any_member(live):
-    """A tile's liveness, which under ``jax.vmap`` is whether it is live for any member.
+def _any_member(state):
+    """A tile's state (0 skipped, 1 visited unmasked, 2 visited masked), which under ``jax.vmap`` is
+    one state for all members: the members' common state, or 2 where they differ.
 
-    A batched predicate would turn ``lax.cond`` into a select of both branches (so nothing is
-    skipped), and inside ``jax.shard_map`` JAX's select path fails on the branches' constants
-    ("requires varying manual axes to match"). A visited tile that holds no visible score adds
-    nothing, so visiting it for every member is exact."""
-    return live
+    A batched index would turn ``lax.switch`` into a select of every branch (so nothing is skipped),
+    and inside ``jax.shard_map`` JAX's select path fails on the branches' constants ("requires
+    varying manual axes to match"). Visiting with the mask is exact for every member: a tile that
+    holds no visible score adds nothing, one whose scores are all visible loses none."""
+    return state
 
 
 @_any_member.def_vmap
-def _any_member_vmap(axis_size, in_batched, live):
-    return (jnp.any(live) if in_batched[0] else live), False
+def _any_member_vmap(axis_size, in_batched, state):
+    if not in_batched[0]:
+        return state, False
+    lo, hi = jnp.min(state), jnp.max(state)
+    return jnp.where(lo == hi, hi, 2).astype(state.dtype), False
 
 
 # --- tiles -----------------------------------------------------------------------------------
@@ -85,11 +90,11 @@ class _Tiles:
         self.bq, self.bk = min(block[0], T), min(block[1], S)
         self.nq, self.nk = -(-T // self.bq), -(-S // self.bk)
 
-    def q_start(self, i):
-        return jnp.minimum(i * self.bq, self.T - self.bq)
+    def q_start(self, i, xp=jnp):
+        return xp.minimum(i * self.bq, self.T - self.bq)
 
-    def k_start(self, j):
-        return jnp.minimum(j * self.bk, self.S - self.bk)
+    def k_start(self, j, xp=jnp):
+        return xp.minimum(j * self.bk, self.S - self.bk)
 
 
 class _Masking:
@@ -103,25 +108,48 @@ class _Masking:
         """Can a query row (within the query lengths) have no visible key?"""
         return self.mask is not None or self.kv_len is not None or self.window is not None
 
-    def tile_live(self, tl: _Tiles, b, i, j, own_rows: bool):
-        """A scalar: may tile (b, i, j) hold a visible score? (False only when it certainly holds none.)"""
-        qs, ks = tl.q_start(i), tl.k_start(j)
-        r0 = jnp.maximum(qs, i * tl.bq) if own_rows else qs
+    def dynamic(self) -> bool:
+        """Do arrays (lengths, a mask) hide scores, beyond what the static settings hide?"""
+        return self.q_len is not None or self.kv_len is not None or self.mask is not None
+
+    def possible_states(self, tl: _Tiles, own_rows: bool) -> tuple[int, ...]:
+        """The states tiles can take (see tile_state), known from the static geometry alone: every
+        tile's state without the lengths and the mask, which can then hide a tile (0) or part of it (2).
+        A state no tile can take needs no branch (and its code is not compiled)."""
+        static = _Masking(self.is_causal, self.window, None, None, None, None, self.scale)
+        table = static.tile_state(tl, None, *np.indices((tl.nq, tl.nk)), own_rows, xp=np)
+        states = set(np.unique(table).tolist())
+        if self.dynamic() and states - {0}:
+            states |= {0, 2}
+        return tuple(sorted(states))
+
+    def tile_state(self, tl: _Tiles, b, i, j, own_rows: bool, xp=jnp):
+        """What tile (b, i, j) holds: 0 no visible score (skipped), 1 only visible scores (no mask to
+        apply), 2 some of each. Conservative: 2 where unsure. An int32 scalar, under jax.vmap one for
+        all members (``_any_member``); or, with ``xp=np``, NumPy arrays of i and j and no lengths or
+        mask, a NumPy table."""
+        qs, ks = tl.q_start(i, xp), tl.k_start(j, xp)
+        r0 = xp.maximum(qs, i * tl.bq) if own_rows else qs  # the rows and columns the tile owns
         r1 = qs + tl.bq - 1
-        c0, c1 = jnp.maximum(ks, j * tl.bk), ks + tl.bk - 1
-        live = jnp.bool_(True)
+        c0, c1 = xp.maximum(ks, j * tl.bk), ks + tl.bk - 1
+        some, every = xp.bool_(True), c0 == ks
+        if own_rows:
+            every &= r0 == qs
         if self.is_causal:
-            live &= c0 <= r1
+            some, every = some & (c0 <= r1), every & (c1 <= r0)
         if self.window is not None:
             left, right = self.window
-            live &= (c1 >= r0 - left) & (c0 <= r1 + right)
+            some &= (c1 >= r0 - left) & (c0 <= r1 + right)
+            every &= (c0 >= r1 - left) & (c1 <= r0 + right)
         if self.q_len is not None:
-            live &= r0 < self.q_len[b]
+            some, every = some & (r0 < self.q_len[b]), every & (r1 < self.q_len[b])
         if self.kv_len is not None:
-            live &= c0 < self.kv_len[b]
+            some, every = some & (c0 < self.kv_len[b]), every & (c1 < self.kv_len[b])
         if self.mask is not None:
-            live &= jnp.any(self.mask_tile(tl, b, qs, ks))
-        return _any_member(live)
+            m = self.mask_tile(tl, b, qs, ks)
+            some, every = some & jnp.any(m), every & jnp.all(m)
+        state = xp.where(some, xp.where(every, 1, 2), 0).astype(xp.int32)
+        return _any_member(state) if xp is jnp else state
 
     def mask_tile(self, tl: _Tiles, b, qs, ks):
         m = self.mask
@@ -133,22 +161,29 @@ class _Masking:
         return lax.dynamic_slice(a, _bias_starts(a.shape, b, qs, ks),
                                  (1, a.shape[1], tl.bq if a.shape[2] > 1 else 1, tl.bk if a.shape[3] > 1 else 1))[0]
 
-    def scores(self, tl: _Tiles, b, i, j, qt, kt, own_rows: bool, acc, keys_first: bool = False):
-        """Scores of tile (b, i, j) and which of them are visible (a mask broadcastable to them).
+    def scores(self, tl: _Tiles, b, i, j, qg, kg, own_rows: bool, acc, keys_first: bool = False,
+               masked: bool = True):
+        """Scores of tile (b, i, j), (K, G, bq, bk) or, ``keys_first``, (K, bk, G, bq); and which of them
+        are visible (a mask broadcastable to them; None when not ``masked``: all are).
 
-        qt (bq, K, G, H), kt (bk, K, H). The scores are (K, G, bq, bk), or (K, bk, G, bq) with
-        ``keys_first`` (the backward's layout: its products over the queries then read them in order)."""
-        K, G = qt.shape[1], qt.shape[2]
+        qg (K, G·bq, H) and kg (K, bk, H), heads first: the products are plain batched matrix products
+        (rows × head_dim times keys × head_dim), which XLA's CPU runs without copies."""
+        K = kg.shape[0]
+        G = qg.shape[1] // tl.bq
         qs, ks = tl.q_start(i), tl.k_start(j)
-        spec = "skh,tkgh->ksgt" if keys_first else "tkgh,skh->kgts"
-        s = jnp.einsum(spec, *((kt, qt) if keys_first else (qt, kt)), preferred_element_type=acc)
-        s = s * jnp.asarray(self.scale, acc)
+        wide = kg.dtype == acc  # scale the small key tile, not the scores (in float32 and wider)
+        kg = kg * jnp.asarray(self.scale, acc) if wide else kg
+        s = _nt(kg, qg, acc) if keys_first else _nt(qg, kg, acc)
+        s = s.reshape((K, tl.bk, G, tl.bq) if keys_first else (K, G, tl.bq, tl.bk))
+        s = s if wide else s * jnp.asarray(self.scale, acc)
 
         def arrange(a):  # a (heads or 1, rows or 1, keys or 1) to the scores' layout
             a = a.reshape(K, G, *a.shape[1:]) if a.shape[0] > 1 else a[None]
             return jnp.transpose(a, (0, 3, 1, 2)) if keys_first else a
         if self.bias is not None:
             s = s + arrange(self.bias_tile(tl, b, qs, ks).astype(acc))
+        if not masked:
+            return s, None
         rows = (qs + jnp.arange(tl.bq)).reshape((1, 1, 1, tl.bq) if keys_first else (1, 1, tl.bq, 1))
         cols = (ks + jnp.arange(tl.bk)).reshape((1, tl.bk, 1, 1) if keys_first else (1, 1, 1, tl.bk))
         live = cols >= j * tl.bk  # each key column in the one tile that owns it
@@ -168,15 +203,39 @@ class _Masking:
         return s, live
 
 
+def _nt(a, b, acc):
+    """a bᵀ per head: (K, M, C) × (K, N, C) → (K, M, N)."""
+    return lax.dot_general(a, b.astype(a.dtype), (((2,), (2,)), ((0,), (0,))), preferred_element_type=acc)
+
+
+def _nn(a, b, acc):
+    """a b per head: (K, M, C) × (K, C, N) → (K, M, N)."""
+    return lax.dot_general(a, b.astype(a.dtype), (((2,), (1,)), ((0,), (0,))), preferred_element_type=acc)
+
+
 def _exp_visible(s, shift, live):
     """exp(s − shift) where visible, 0 elsewhere; never an overflow or an infinity in between."""
+    if live is None:
+        return jnp.exp(s - shift)
     return jnp.where(live, jnp.exp(jnp.where(live, s - shift, 0)), 0)
 
 
+def _by_state(state, fn, skip, operand, possible: tuple[int, ...]):
+    """fn(operand, masked) for the tile's state (0: skip(operand), 1: unmasked, 2: masked), among the
+    ``possible`` states: a lax.switch over their branches only, so that a skipped tile costs nothing
+    and a whole one no mask; no switch where one state is possible."""
+    branches = {0: skip, 1: lambda o: fn(o, False), 2: lambda o: fn(o, True)}
+    if len(possible) == 1:
+        return branches[possible[0]](operand)
+    index = sum((state > p).astype(jnp.int32) for p in possible[:-1])  # the state's place in ``possible``
+    return lax.switch(index, [branches[p] for p in possible], operand)
+
+
 def _q_tile(a, b, start, bq, K):
-    """Rows [start, start + bq) of batch member b of a (B, T, N, H) array, as (bq, K, G, H)."""
+    """Rows [start, start + bq) of batch member b of a (B, T, N, H) array, heads first: (K, G·bq, H)."""
     t = lax.dynamic_slice(a, (b, start, 0, 0), (1, bq) + a.shape[2:])[0]
-    return t.reshape(bq, K, a.shape[2] // K, a.shape[3])
+    G, H = a.shape[2] // K, a.shape[3]
+    return jnp.transpose(t.reshape(bq, K, G, H), (1, 2, 0, 3)).reshape(K, G * bq, H)
 
 
 def _rows_tile(a, b, start, bq, K):
@@ -186,7 +245,14 @@ def _rows_tile(a, b, start, bq, K):
 
 
 def _kv_tile(a, b, start, bk):
-    return lax.dynamic_slice(a, (b, start, 0, 0), (1, bk) + a.shape[2:])[0]
+    """Keys [start, start + bk) of batch member b of a (B, S, K, H) array, heads first: (K, bk, H)."""
+    return jnp.transpose(lax.dynamic_slice(a, (b, start, 0, 0), (1, bk) + a.shape[2:])[0], (1, 0, 2))
+
+
+def _to_rows(t, bq):
+    """A heads-first tile (K, G·bq, H) or (K, G, bq, H) as rows (bq, N, H)."""
+    K, H = t.shape[0], t.shape[-1]
+    return jnp.transpose(t.reshape(K, -1, bq, H), (2, 0, 1, 3)).reshape(bq, -1, H)
 
 
 def _add_at(acc, update, starts):
@@ -210,29 +276,32 @@ def _attention_forward(q, k, v, bias, mask, q_len, kv_len, scale, is_causal, win
     mk = _Masking(is_causal, window, bias, mask, q_len, kv_len, scale)
     fill = jnp.asarray(_fill(acc), acc)
     mean_v = jnp.mean(v, axis=1, dtype=acc) if mk.may_empty_rows() else None  # (B, K, H)
+    states = mk.possible_states(tl, False)
 
     def query_tile(carry, bi):
         out, lse = carry
         b, i = bi // tl.nq, bi % tl.nq
         qs = tl.q_start(i)
-        qt = _q_tile(q, b, qs, tl.bq, K)
+        qg = _q_tile(q, b, qs, tl.bq, K)
 
         def key_tile(state, j):
-            def visit(state):
-                m, l, o = state
+            def visit(state, masked):
+                m, l, o = state  # (K, G, bq), (K, G, bq), (K, G·bq, H)
                 ks = tl.k_start(j)
-                kt, vt = _kv_tile(k, b, ks, tl.bk), _kv_tile(v, b, ks, tl.bk)
-                s, live = mk.scores(tl, b, i, j, qt, kt, False, acc)
-                m_new = jnp.maximum(m, jnp.max(jnp.where(live, s, fill), axis=-1))
+                kg, vg = _kv_tile(k, b, ks, tl.bk), _kv_tile(v, b, ks, tl.bk)
+                s, live = mk.scores(tl, b, i, j, qg, kg, False, acc, masked=masked)  # (K, G, bq, bk)
+                m_new = jnp.maximum(m, jnp.max(s if live is None else jnp.where(live, s, fill), axis=-1))
                 p = _exp_visible(s, m_new[..., None], live)
                 corr = jnp.exp(m - m_new)
                 l = l * corr + jnp.sum(p, axis=-1)
-                o = o * corr[..., None] + jnp.einsum("kgts,skh->kgth", p, vt, preferred_element_type=acc)
+                o = o * corr.reshape(K, -1, 1) + _nn(p.reshape(K, -1, tl.bk), vg, acc)
                 return m_new, l, o
-            return lax.cond(mk.tile_live(tl, b, i, j, False), visit, lambda s: s, state), None
+            state = _by_state(mk.tile_state(tl, b, i, j, False), visit, lambda s: s, state, states)
+            return state, None
 
-        init = (jnp.full((K, G, tl.bq), fill, acc), jnp.zeros((K, G, tl.bq), acc), jnp.zeros((K, G, tl.bq, H), acc))
+        init = (jnp.full((K, G, tl.bq), fill, acc), jnp.zeros((K, G, tl.bq), acc), jnp.zeros((K, G * tl.bq, H), acc))
         (m, l, o), _ = lax.scan(key_tile, _varying(init, q, k, v, bias, mask, q_len, kv_len), jnp.arange(tl.nk))
+        o = o.reshape(K, G, tl.bq, H)
         seen = l > 0
         o = o / jnp.where(seen, l, 1)[..., None]
         if mean_v is not None:  # rows with no visible key: the uniform average over all keys (jax.nn)
@@ -241,7 +310,7 @@ def _attention_forward(q, k, v, bias, mask, q_len, kv_len, scale, is_causal, win
         keep = rows >= i * tl.bq  # rows this tile owns
         if q_len is not None:
             keep &= rows < q_len[b]
-        o = jnp.where(keep[:, None, None], jnp.moveaxis(o, 2, 0).reshape(tl.bq, N, H), 0)
+        o = jnp.where(keep[:, None, None], _to_rows(o, tl.bq), 0)
         r = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1)), dead)
         r = jnp.where((rows >= i * tl.bq)[:, None], jnp.moveaxis(r, 2, 0).reshape(tl.bq, N), 0)
         return (_add_at(out, o[None].astype(out.dtype), (b, qs, 0, 0)), _add_at(lse, r[None], (b, qs, 0))), None
@@ -278,47 +347,53 @@ def _attention_bwd(scale, is_causal, window, block, res, cts):
     # rowsum(Ō ∘ O) − ℓ̄se: P̄'s shift, since ∂lse/∂s = P
     delta = jnp.sum(do * out.astype(acc), axis=-1) - g_lse.astype(acc)
     sc = jnp.asarray(scale, acc)
+    states = mk.possible_states(tl, True)
 
     def key_tile(carry, bj):
         dq, dk, dv, db = carry
         b, j = bj // tl.nk, bj % tl.nk
         ks = tl.k_start(j)
-        kt, vt = _kv_tile(k, b, ks, tl.bk), _kv_tile(v, b, ks, tl.bk)
+        kg, vg = _kv_tile(k, b, ks, tl.bk), _kv_tile(v, b, ks, tl.bk)
 
         def query_tile(state, i):
             dq, dkt, dvt, db = state
             qs = tl.q_start(i)
-            qt = _q_tile(q, b, qs, tl.bq, K)
-            dot = _q_tile(do, b, qs, tl.bq, K)
+            qg = _q_tile(q, b, qs, tl.bq, K)
+            dog = _q_tile(do, b, qs, tl.bq, K)
 
-            def visit(_):
-                s, live = mk.scores(tl, b, i, j, qt, kt, True, acc, keys_first=True)  # (K, bk, G, bq)
+            def visit(_, masked):
+                s, live = mk.scores(tl, b, i, j, qg, kg, True, acc, keys_first=True, masked=masked)  # (K, bk, G, bq)
                 rows = lambda a: _rows_tile(a, b, qs, tl.bq, K)[:, None]  # noqa: E731 - (K, 1, G, bq)
                 p = _exp_visible(s, rows(lse), live)
-                dp = jnp.einsum("skh,tkgh->ksgt", vt, dot, preferred_element_type=acc)
+                dp = _nt(vg, dog, acc).reshape(s.shape)
                 ds = p * (dp - rows(delta))
-                dvt = jnp.einsum("ksgt,tkgh->skh", p, dot, preferred_element_type=acc)
-                dkt = jnp.einsum("ksgt,tkgh->skh", ds, qt, preferred_element_type=acc) * sc
-                dqt = jnp.einsum("ksgt,skh->tkgh", ds, kt, preferred_element_type=acc) * sc
-                dbt = None if bias is None else _bias_part(jnp.transpose(ds, (0, 2, 3, 1)), bias.shape)
-                return dqt.reshape(tl.bq, N, H), dkt, dvt, dbt
+                p, ds = p.reshape(K, tl.bk, -1), ds.reshape(K, tl.bk, -1)  # (K, bk, G·bq)
+                dvt = _nn(p, dog, acc)
+                dkt = _nn(ds, qg, acc) * sc
+                # Q̄ᵀ = Kᵀ S̄ᵀ: the small key tile transposed (behind a barrier, so that XLA does not fold the
+                # transpose into the product, which would then contract its left operand's first axis)
+                dqt = _nn(lax.optimization_barrier(jnp.swapaxes(kg, 1, 2)), ds, acc) * sc  # (K, H, G·bq)
+                dqt = _to_rows(jnp.swapaxes(dqt, 1, 2), tl.bq)
+                dbt = None if bias is None else _bias_part(
+                    jnp.transpose(ds.reshape(K, tl.bk, G, tl.bq), (0, 2, 3, 1)), bias.shape)
+                return dqt, dkt, dvt, dbt
 
             def skip(_):
-                outs = (jnp.zeros((tl.bq, N, H), acc), jnp.zeros((tl.bk, K, H), acc), jnp.zeros((tl.bk, K, H), acc),
+                outs = (jnp.zeros((tl.bq, N, H), acc), jnp.zeros((K, tl.bk, H), acc), jnp.zeros((K, tl.bk, H), acc),
                         None if bias is None else jnp.zeros(_bias_part_shape(bias.shape, tl), acc))
                 return _varying(outs, q, k, v, bias, mask, q_len, kv_len, g, g_lse)
 
-            dqt, dkp, dvp, dbt = lax.cond(mk.tile_live(tl, b, i, j, True), visit, skip, None)
+            dqt, dkp, dvp, dbt = _by_state(mk.tile_state(tl, b, i, j, True), visit, skip, None, states)
             dq = _add_at(dq, dqt[None], (b, qs, 0, 0))
             if bias is not None:
                 db = _add_at(db, dbt[None], _bias_starts(bias.shape, b, qs, ks))
             return (dq, dkt + dkp, dvt + dvp, db), None
 
-        init = (jnp.zeros((tl.bk, K, H), acc), jnp.zeros((tl.bk, K, H), acc))
+        init = (jnp.zeros((K, tl.bk, H), acc), jnp.zeros((K, tl.bk, H), acc))
         (dq, dkt, dvt, db), _ = lax.scan(
             query_tile, (dq, *_varying(init, q, k, v, bias, mask, q_len, kv_len, g, g_lse), db), jnp.arange(tl.nq))
-        dk = _add_at(dk, dkt[None], (b, ks, 0, 0))
-        dv = _add_at(dv, dvt[None], (b, ks, 0, 0))
+        dk = _add_at(dk, jnp.swapaxes(dkt, 0, 1)[None], (b, ks, 0, 0))
+        dv = _add_at(dv, jnp.swapaxes(dvt, 0, 1)[None], (b, ks, 0, 0))
         return (dq, dk, dv, db), None
 
     init = (jnp.zeros(q.shape, acc), jnp.zeros(k.shape, acc), jnp.zeros(v.shape, acc),

@@ -160,6 +160,26 @@ def test_query_tiles_past_the_query_length_are_skipped():
     assert np.all(out[1, 4:] == 0) and all(np.all(np.isfinite(g[1])) for g in (dk, dv))
 
 
+def test_under_vmap_a_tile_is_visited_with_its_mask_where_members_differ():
+    """Under jax.vmap the members share one tile state: a tile one member skips and another sees whole
+    must be visited with the mask (neither skipped nor visited unmasked), and the switch must stay a
+    switch (not a select of every branch)."""
+    q, k, v = _qkv(3, 8, 8, 2, 1, 4, jnp.float32, seed=3)
+    lens = jnp.array([[8], [4], [6]], jnp.int32)  # key tile 1 (block 4): whole, hidden, partly hidden
+    qlens = jnp.array([[8], [7], [3]], jnp.int32)
+    def f(fn, q, k, v):
+        return jax.vmap(lambda q, k, v, l, ql: fn(q, k, v, key_value_seq_lengths=l, query_seq_lengths=ql))(
+            q, k, v, lens, qlens)
+    ours = lambda q, k, v: f(lambda *a, **kw: jr.dot_product_attention(*a, **kw, block_size=4), q, k, v)  # noqa: E731
+    out, back = jax.vjp(ours, q, k, v)
+    ref, back_ref = jax.vjp(lambda q, k, v: f(jax.nn.dot_product_attention, q, k, v), q, k, v)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    ct = jnp.asarray(RNG.standard_normal(out.shape), jnp.float32)
+    for a, b in zip(back(ct), back_ref(ct)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert "conditional" in jax.jit(ours).lower(q, k, v).as_text(dialect="hlo")
+
+
 def test_grouped_heads_are_not_repeated():
     """With 1 kv head for 8 query heads, XLA's temp memory is below that of 8 kv heads (the kv tiles are
     read per group; dk and dv accumulate per kv head), and below the plain formula's."""
