@@ -90,7 +90,7 @@ def test_cross_entropies_keep_no_more_than_one_logits_sized_array():
 
 
 # the catalog runs every transformation on this rule; here, values, cotangents and finite differences
-FEW = dict(vmap=False, scan=False, checkpoint=False, grad_grad=False)
+FEW = dict(vmap=False, scan=False, checkpoint=False, grad_grad=False, eager=False, jvp=False, fwd_over_rev=False)
 
 
 def test_integer_labels_along_another_axis_and_with_a_row_mask():
