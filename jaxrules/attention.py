@@ -162,20 +162,19 @@ class _Masking:
                                  (1, a.shape[1], tl.bq if a.shape[2] > 1 else 1, tl.bk if a.shape[3] > 1 else 1))[0]
 
     def scores(self, tl: _Tiles, b, i, j, qg, kg, own_rows: bool, acc, keys_first: bool = False,
-               masked: bool = True):
+               masked: bool = True, prescaled: bool = False):
         """Scores of tile (b, i, j), (K, G, bq, bk) or, ``keys_first``, (K, bk, G, bq); and which of them
         are visible (a mask broadcastable to them; None when not ``masked``: all are).
 
         qg (K, G·bq, H) and kg (K, bk, H), heads first: the products are plain batched matrix products
-        (rows × head_dim times keys × head_dim), which XLA's CPU runs without copies."""
+        (rows × head_dim times keys × head_dim), which XLA's CPU runs without copies. One of them comes
+        scaled (see ``_prescale``) when ``prescaled``; else the scores are scaled here."""
         K = kg.shape[0]
         G = qg.shape[1] // tl.bq
         qs, ks = tl.q_start(i), tl.k_start(j)
-        wide = kg.dtype == acc  # scale the small key tile, not the scores (in float32 and wider)
-        kg = kg * jnp.asarray(self.scale, acc) if wide else kg
         s = _nt(kg, qg, acc) if keys_first else _nt(qg, kg, acc)
         s = s.reshape((K, tl.bk, G, tl.bq) if keys_first else (K, G, tl.bq, tl.bk))
-        s = s if wide else s * jnp.asarray(self.scale, acc)
+        s = s if prescaled else s * jnp.asarray(self.scale, acc)
 
         def arrange(a):  # a (heads or 1, rows or 1, keys or 1) to the scores' layout
             a = a.reshape(K, G, *a.shape[1:]) if a.shape[0] > 1 else a[None]
@@ -201,6 +200,13 @@ class _Masking:
         if self.mask is not None:
             live = live & arrange(self.mask_tile(tl, b, qs, ks))
         return s, live
+
+
+def _prescale(t, scale, acc):
+    """(t·scale, True) when t is in the accumulation dtype (float32 and wider): scaling the tile that
+    stays fixed over the inner loop once is cheaper than scaling every tile of scores; else (t, False)
+    (in bfloat16 and float16 the scores are scaled after the product, in float32)."""
+    return (t * jnp.asarray(scale, acc), True) if t.dtype == acc else (t, False)
 
 
 def _nt(a, b, acc):
@@ -282,14 +288,14 @@ def _attention_forward(q, k, v, bias, mask, q_len, kv_len, scale, is_causal, win
         out, lse = carry
         b, i = bi // tl.nq, bi % tl.nq
         qs = tl.q_start(i)
-        qg = _q_tile(q, b, qs, tl.bq, K)
+        qg, prescaled = _prescale(_q_tile(q, b, qs, tl.bq, K), scale, acc)
 
         def key_tile(state, j):
             def visit(state, masked):
                 m, l, o = state  # (K, G, bq), (K, G, bq), (K, G·bq, H)
                 ks = tl.k_start(j)
                 kg, vg = _kv_tile(k, b, ks, tl.bk), _kv_tile(v, b, ks, tl.bk)
-                s, live = mk.scores(tl, b, i, j, qg, kg, False, acc, masked=masked)  # (K, G, bq, bk)
+                s, live = mk.scores(tl, b, i, j, qg, kg, False, acc, masked=masked, prescaled=prescaled)
                 m_new = jnp.maximum(m, jnp.max(s if live is None else jnp.where(live, s, fill), axis=-1))
                 p = _exp_visible(s, m_new[..., None], live)
                 corr = jnp.exp(m - m_new)
@@ -353,16 +359,22 @@ def _attention_bwd(scale, is_causal, window, block, res, cts):
         dq, dk, dv, db = carry
         b, j = bj // tl.nk, bj % tl.nk
         ks = tl.k_start(j)
-        kg, vg = _kv_tile(k, b, ks, tl.bk), _kv_tile(v, b, ks, tl.bk)
+        kg, prescaled = _prescale(_kv_tile(k, b, ks, tl.bk), scale, acc)
+        vg = _kv_tile(v, b, ks, tl.bk)
+        # Q̄ᵀ = Kᵀ S̄ᵀ, from the key tile transposed once: products that contract their left operand's first
+        # axis (S̄ᵀ K) run far below peak on XLA's CPU
+        kgT = jnp.swapaxes(kg, 1, 2)  # (K, H, bk)
+        dq_scale = (lambda a: a) if prescaled else (lambda a: a * sc)
 
         def query_tile(state, i):
             dq, dkt, dvt, db = state
             qs = tl.q_start(i)
-            qg = _q_tile(q, b, qs, tl.bq, K)
-            dog = _q_tile(do, b, qs, tl.bq, K)
 
             def visit(_, masked):
-                s, live = mk.scores(tl, b, i, j, qg, kg, True, acc, keys_first=True, masked=masked)  # (K, bk, G, bq)
+                qg = _q_tile(q, b, qs, tl.bq, K)
+                dog = _q_tile(do, b, qs, tl.bq, K)
+                s, live = mk.scores(tl, b, i, j, qg, kg, True, acc, keys_first=True, masked=masked,
+                                    prescaled=prescaled)  # (K, bk, G, bq)
                 rows = lambda a: _rows_tile(a, b, qs, tl.bq, K)[:, None]  # noqa: E731 - (K, 1, G, bq)
                 p = _exp_visible(s, rows(lse), live)
                 dp = _nt(vg, dog, acc).reshape(s.shape)
@@ -370,9 +382,8 @@ def _attention_bwd(scale, is_causal, window, block, res, cts):
                 p, ds = p.reshape(K, tl.bk, -1), ds.reshape(K, tl.bk, -1)  # (K, bk, G·bq)
                 dvt = _nn(p, dog, acc)
                 dkt = _nn(ds, qg, acc) * sc
-                # Q̄ᵀ = Kᵀ S̄ᵀ: the small key tile transposed (behind a barrier, so that XLA does not fold the
-                # transpose into the product, which would then contract its left operand's first axis)
-                dqt = _nn(lax.optimization_barrier(jnp.swapaxes(kg, 1, 2)), ds, acc) * sc  # (K, H, G·bq)
+                # (behind a barrier: XLA would fold the transposes of K and of the result into the product)
+                dqt = dq_scale(lax.optimization_barrier(_nn(kgT, ds, acc)))  # (K, H, G·bq)
                 dqt = _to_rows(jnp.swapaxes(dqt, 1, 2), tl.bq)
                 dbt = None if bias is None else _bias_part(
                     jnp.transpose(ds.reshape(K, tl.bk, G, tl.bq), (0, 2, 3, 1)), bias.shape)

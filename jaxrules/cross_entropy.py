@@ -46,7 +46,9 @@ __all__ = ["linear_softmax_cross_entropy"]
 # product in 2 blocks, against 0.92x with 4 blocks (each block re-reads the chunk's z̄) and 0.94-0.97x with
 # 256-384 rows a chunk (products over fewer rows run further below peak).
 _CHUNK_LOGITS = 15 << 20  # a chunk holds at most 15M logits (60 MB in float32): 480 rows at V = 32768
-_MIN_ROWS, _MAX_ROWS = 128, 2048  # products need a few hundred rows to run near full speed (FINDINGS.md)
+# Products need a few hundred rows to run near full speed (FINDINGS.md); more than 512 only cost memory (at
+# N=8192, D=512, V=8192: 0.87-0.88x plain's time with 512, 768 or 1640 rows a chunk, 34 MB against 74 MB).
+_MIN_ROWS, _MAX_ROWS = 128, 512
 _BLOCK_VALUES = 1 << 23  # W̄'s product is formed in row blocks of at most 8M values (32 MB in float32)
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -375,8 +377,8 @@ def linear_softmax_cross_entropy(x: ArrayLike, W: ArrayLike, labels: ArrayLike, 
     and gradients are zero. A label outside [0, V) gives a NaN loss (and, as optax's, a gradient
     without its one-hot term).
 
-    Chunks of ``chunk_size`` rows (default: at most 15M logits, 480 rows at V = 32768, spread evenly
-    over N) each see the whole vocabulary; any N and V. With "none" the forward keeps x, W, b, the labels and one
+    Chunks of ``chunk_size`` rows (default: at most 512 rows and 15M logits, 480 rows at V = 32768,
+    spread evenly over N) each see the whole vocabulary; any N and V. With "none" the forward keeps x, W, b, the labels and one
     logsumexp per row and the backward recomputes each chunk's logits (4 matrix products in all);
     with "mean"/"sum" the forward forms x̄ and W̄ as it goes and the backward scales them by ȳ
     (3 products, the logits computed once). W and b may be sharded over V: see the module docstring.
